@@ -1,0 +1,264 @@
+//! Beside the path: the admin listener (`admin.bind`).
+//!
+//! `POST /admin/events` creates or replaces an event; `GET /admin/events/E`
+//! shows it with `stock_left` and `sold`; `DELETE /admin/events/E` removes it
+//! and its keys. Every request needs `Authorization: Bearer <admin.key>`,
+//! compared in constant time; an empty key refuses everything (4001).
+//!
+//! This service runs on its own event loop thread, so it may wait on Redis
+//! (each call bounded by `redis.timeout_ms`) without stalling a public client.
+//! After every change it publishes on `seckill:events:changed`; the catalog
+//! of every node re-reads within 1 s either way.
+//!
+//! Stock is set only when its key does not exist yet, or when the body says
+//! `"reset": true` (then that goods' buyers and orders are cleared too). Each
+//! time the stock key is set, the goods gets a new `epoch` in the stored
+//! event JSON, which tells every node to recompute its share and forget its
+//! buyers (SPEC §2).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::auth::valid_id;
+use crate::catalog::{EventDef, GoodsDef};
+use crate::clock::Clock;
+use crate::codes::Code;
+use crate::deduct::connect;
+use crate::hijack::Hijacked;
+use crate::http::parse::Request;
+use crate::http::response::Extra;
+use crate::keys::{self, GoodsKeys};
+use crate::metrics::{Metrics, RouteLabel};
+use crate::route::{self, Route, RouteError};
+use crate::service::{reply, Handled, Now, Service};
+
+/// The admin listener's service.
+pub struct Admin {
+    key: String,
+    client: redis::Client,
+    timeout: Duration,
+    conn: Option<redis::Connection>,
+    clock: std::sync::Arc<dyn Clock>,
+    metrics: Metrics,
+}
+
+#[derive(Deserialize)]
+struct PutBody {
+    #[serde(flatten)]
+    def: EventDef,
+    #[serde(default)]
+    reset: bool,
+}
+
+/// Why an admin call failed, before it becomes a `Code`.
+enum Fail {
+    Code(Code),
+    Redis(redis::RedisError),
+}
+
+impl From<redis::RedisError> for Fail {
+    fn from(e: redis::RedisError) -> Self {
+        Fail::Redis(e)
+    }
+}
+
+type AdminResult = Result<Option<String>, Fail>;
+
+impl Admin {
+    /// An admin service with bearer `key`, talking to Redis at `url`.
+    pub fn new(
+        key: String,
+        url: &str,
+        timeout: Duration,
+        clock: std::sync::Arc<dyn Clock>,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
+        Ok(Admin {
+            key,
+            client: redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?,
+            timeout,
+            conn: None,
+            clock,
+            metrics,
+        })
+    }
+
+    fn authorized(&self, req: &Request<'_>) -> bool {
+        let Some(token) = req.authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        !self.key.is_empty() && bool::from(token.ct_eq(self.key.as_bytes()))
+    }
+
+    fn redis(&mut self) -> Result<&mut redis::Connection, Fail> {
+        match self.conn {
+            Some(ref mut c) => Ok(c),
+            None => Ok(self.conn.insert(connect(&self.client, self.timeout)?)),
+        }
+    }
+
+    fn stored(&mut self, event_id: &str) -> Result<Option<EventDef>, Fail> {
+        let raw: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(keys::EVENTS)
+            .arg(event_id)
+            .query(self.redis()?)?;
+        Ok(raw.and_then(|r| serde_json::from_slice(&r).ok()))
+    }
+
+    fn put(&mut self, body: &[u8]) -> AdminResult {
+        let PutBody { mut def, reset } =
+            serde_json::from_slice(body).map_err(|_| Fail::Code(Code::BadRequest))?;
+        def.check().map_err(|_| Fail::Code(Code::BadRequest))?;
+        let old_epochs: HashMap<String, u64> = self
+            .stored(&def.event_id)?
+            .map(|old| {
+                old.goods
+                    .into_iter()
+                    .map(|g| (g.goods_id, g.epoch))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now_ms = self.clock.unix_ms();
+        let conn = self.redis()?;
+        for g in &mut def.goods {
+            let k = GoodsKeys::new(&def.event_id, &g.goods_id);
+            let set = if reset {
+                redis::pipe()
+                    .atomic()
+                    .del(&k.buyers)
+                    .del(&k.orders)
+                    .set(&k.stock, g.stock)
+                    .query::<()>(conn)?;
+                true
+            } else {
+                let r: Option<String> = redis::cmd("SET")
+                    .arg(&k.stock)
+                    .arg(g.stock)
+                    .arg("NX")
+                    .query(conn)?;
+                r.is_some()
+            };
+            g.epoch = if set {
+                // Strictly newer than any epoch this goods had, even within a ms.
+                now_ms.max(old_epochs.get(&g.goods_id).map_or(0, |e| e + 1))
+            } else {
+                old_epochs.get(&g.goods_id).copied().unwrap_or(0)
+            };
+        }
+        let json = serde_json::to_string(&def).map_err(|_| Fail::Code(Code::BadRequest))?;
+        redis::cmd("HSET")
+            .arg(keys::EVENTS)
+            .arg(&def.event_id)
+            .arg(&json)
+            .query::<()>(conn)?;
+        publish(conn, "put", &def.event_id)?;
+        self.get(&def.event_id)
+    }
+
+    fn get(&mut self, event_id: &str) -> AdminResult {
+        let def = self.stored(event_id)?.ok_or(Fail::Code(Code::NotFound))?;
+        let conn = self.redis()?;
+        let mut pipe = redis::pipe();
+        for g in &def.goods {
+            let k = GoodsKeys::new(&def.event_id, &g.goods_id);
+            pipe.get(&k.stock).hlen(&k.buyers);
+        }
+        let counts: Vec<(Option<i64>, i64)> = if def.goods.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query(conn)?
+        };
+        let goods: Vec<serde_json::Value> = def
+            .goods
+            .iter()
+            .zip(counts)
+            .map(|(g, (left, sold)): (&GoodsDef, _)| {
+                serde_json::json!({
+                    "goods_id": g.goods_id, "name": g.name, "price_cents": g.price_cents,
+                    "stock": g.stock, "stock_left": left.unwrap_or(0).max(0), "sold": sold,
+                })
+            })
+            .collect();
+        let data = serde_json::json!({
+            "event_id": def.event_id, "name": def.name,
+            "start_at": def.start_at, "end_at": def.end_at, "goods": goods,
+        });
+        Ok(Some(data.to_string()))
+    }
+
+    fn delete(&mut self, event_id: &str) -> AdminResult {
+        let def = self.stored(event_id)?.ok_or(Fail::Code(Code::NotFound))?;
+        let conn = self.redis()?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for g in &def.goods {
+            let k = GoodsKeys::new(&def.event_id, &g.goods_id);
+            pipe.del(&k.stock).del(&k.buyers).del(&k.orders);
+        }
+        pipe.hdel(keys::EVENTS, event_id);
+        pipe.query::<()>(conn)?;
+        publish(conn, "delete", event_id)?;
+        Ok(None)
+    }
+}
+
+fn publish(conn: &mut redis::Connection, kind: &str, event_id: &str) -> redis::RedisResult<()> {
+    let msg = serde_json::json!({"kind": kind, "event_id": event_id}).to_string();
+    redis::cmd("PUBLISH")
+        .arg(keys::CHANGED)
+        .arg(msg)
+        .query(conn)
+}
+
+impl Service for Admin {
+    type Claim = Infallible;
+
+    fn handle(
+        &mut self,
+        req: &Request<'_>,
+        now: Now<'_>,
+        out: &mut Vec<u8>,
+    ) -> Handled<Infallible> {
+        let result = match route::admin(req.method, req.path) {
+            Err(RouteError::NotFound) => Err(Fail::Code(Code::NotFound)),
+            Err(RouteError::MethodNotAllowed(allow)) => {
+                self.metrics
+                    .count(RouteLabel::Admin, Code::MethodNotAllowed);
+                return reply(
+                    out,
+                    req,
+                    now,
+                    Code::MethodNotAllowed,
+                    None,
+                    Extra::Allow(allow),
+                );
+            }
+            Ok(_) if !self.authorized(req) => Err(Fail::Code(Code::Unauthorized)),
+            Ok(Route::AdminPut) => self.put(req.body),
+            Ok(Route::AdminGet(id)) if valid_id(id.as_bytes()) => self.get(id),
+            Ok(Route::AdminDelete(id)) if valid_id(id.as_bytes()) => self.delete(id),
+            Ok(_) => Err(Fail::Code(Code::BadRequest)),
+        };
+        let (code, data) = match result {
+            Ok(data) => (Code::Ok, data),
+            Err(Fail::Code(code)) => (code, None),
+            Err(Fail::Redis(e)) => {
+                log::warn!("admin: redis failed: {e}");
+                if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                    self.conn = None;
+                }
+                (Code::RedisError, None)
+            }
+        };
+        self.metrics.count(RouteLabel::Admin, code);
+        reply(out, req, now, code, data.as_deref(), Extra::None)
+    }
+
+    fn hijack(&mut self, _conn: Hijacked, claim: Infallible) {
+        match claim {}
+    }
+}

@@ -1,0 +1,178 @@
+//! Beside the path: the SPEC §2 code table, and nothing else.
+//!
+//! Every answer the server gives is one `Code`; this file is the only place
+//! that knows its number, HTTP status and `msg`. Stages keep their own error
+//! enums and map them here, so a client only ever sees the SPEC's words.
+
+/// One row of the SPEC's code table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// 0 / 200: success (a win, a read, an admin call).
+    Ok,
+    /// 1001 / 200: sold out.
+    NoStock,
+    /// 1002 / 503: Redis failed, is unreachable, or the breaker is open.
+    RedisError,
+    /// 1003 / 503: waited in the queue past `request_timeout_ms`.
+    QueueTimeout,
+    /// 1004 / 503: queue full, or this user's attempt is still queued.
+    Busy,
+    /// 1005 / 200: this user already won this goods.
+    AlreadyPurchased,
+    /// 1006 / 200: before `start_at`.
+    NotStarted,
+    /// 1007 / 200: at or after `end_at`.
+    Ended,
+    /// 4000 / 400: malformed HTTP, body, JSON or ids.
+    BadRequest,
+    /// 4001 / 401: token missing, malformed, badly signed or expired.
+    Unauthorized,
+    /// 4003 / 403: uid on the blacklist.
+    Blocked,
+    /// 4004 / 404: unknown path, event or goods.
+    NotFound,
+    /// 4005 / 405: known path, wrong method.
+    MethodNotAllowed,
+    /// 4008 / 408: the whole request did not arrive in `read_timeout_ms`.
+    ReadTimeout,
+    /// 4013 / 413: body over `max_body_bytes`.
+    PayloadTooLarge,
+    /// 4031 / 431: head over `max_header_bytes`.
+    HeaderTooLarge,
+    /// 503 with code 1002: `/readyz` while Redis does not answer.
+    NotReady,
+}
+
+impl Code {
+    /// Every code, for tables and tests.
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::NoStock,
+        Code::RedisError,
+        Code::QueueTimeout,
+        Code::Busy,
+        Code::AlreadyPurchased,
+        Code::NotStarted,
+        Code::Ended,
+        Code::BadRequest,
+        Code::Unauthorized,
+        Code::Blocked,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::ReadTimeout,
+        Code::PayloadTooLarge,
+        Code::HeaderTooLarge,
+        Code::NotReady,
+    ];
+
+    /// The `code` field of the JSON body.
+    pub fn number(self) -> u16 {
+        match self {
+            Code::Ok => 0,
+            Code::NoStock => 1001,
+            Code::RedisError | Code::NotReady => 1002,
+            Code::QueueTimeout => 1003,
+            Code::Busy => 1004,
+            Code::AlreadyPurchased => 1005,
+            Code::NotStarted => 1006,
+            Code::Ended => 1007,
+            Code::BadRequest => 4000,
+            Code::Unauthorized => 4001,
+            Code::Blocked => 4003,
+            Code::NotFound => 4004,
+            Code::MethodNotAllowed => 4005,
+            Code::ReadTimeout => 4008,
+            Code::PayloadTooLarge => 4013,
+            Code::HeaderTooLarge => 4031,
+        }
+    }
+
+    /// The HTTP status line's code and reason.
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            Code::Ok | Code::NoStock | Code::AlreadyPurchased | Code::NotStarted | Code::Ended => {
+                (200, "OK")
+            }
+            Code::RedisError | Code::QueueTimeout | Code::Busy | Code::NotReady => {
+                (503, "Service Unavailable")
+            }
+            Code::BadRequest => (400, "Bad Request"),
+            Code::Unauthorized => (401, "Unauthorized"),
+            Code::Blocked => (403, "Forbidden"),
+            Code::NotFound => (404, "Not Found"),
+            Code::MethodNotAllowed => (405, "Method Not Allowed"),
+            Code::ReadTimeout => (408, "Request Timeout"),
+            Code::PayloadTooLarge => (413, "Payload Too Large"),
+            Code::HeaderTooLarge => (431, "Request Header Fields Too Large"),
+        }
+    }
+
+    /// The `msg` field of the JSON body.
+    pub fn msg(self) -> &'static str {
+        match self {
+            Code::Ok => "ok",
+            Code::NoStock => "no stock",
+            Code::RedisError | Code::NotReady => "redis error",
+            Code::QueueTimeout => "request timeout",
+            Code::Busy => "busy",
+            Code::AlreadyPurchased => "already purchased",
+            Code::NotStarted => "event not started",
+            Code::Ended => "event ended",
+            Code::BadRequest => "bad request",
+            Code::Unauthorized => "unauthorized",
+            Code::Blocked => "blocked",
+            Code::NotFound => "not found",
+            Code::MethodNotAllowed => "method not allowed",
+            Code::ReadTimeout => "request timeout",
+            Code::PayloadTooLarge => "payload too large",
+            Code::HeaderTooLarge => "request header fields too large",
+        }
+    }
+
+    /// SPEC §2: after these the server answers `Connection: close` and closes.
+    pub fn closes(self) -> bool {
+        matches!(
+            self,
+            Code::BadRequest | Code::ReadTimeout | Code::PayloadTooLarge | Code::HeaderTooLarge
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_matches_the_spec_table() {
+        let table: [(Code, u16, u16, &str); 17] = [
+            (Code::Ok, 0, 200, "ok"),
+            (Code::NoStock, 1001, 200, "no stock"),
+            (Code::RedisError, 1002, 503, "redis error"),
+            (Code::QueueTimeout, 1003, 503, "request timeout"),
+            (Code::Busy, 1004, 503, "busy"),
+            (Code::AlreadyPurchased, 1005, 200, "already purchased"),
+            (Code::NotStarted, 1006, 200, "event not started"),
+            (Code::Ended, 1007, 200, "event ended"),
+            (Code::BadRequest, 4000, 400, "bad request"),
+            (Code::Unauthorized, 4001, 401, "unauthorized"),
+            (Code::Blocked, 4003, 403, "blocked"),
+            (Code::NotFound, 4004, 404, "not found"),
+            (Code::MethodNotAllowed, 4005, 405, "method not allowed"),
+            (Code::ReadTimeout, 4008, 408, "request timeout"),
+            (Code::PayloadTooLarge, 4013, 413, "payload too large"),
+            (
+                Code::HeaderTooLarge,
+                4031,
+                431,
+                "request header fields too large",
+            ),
+            (Code::NotReady, 1002, 503, "redis error"),
+        ];
+        for (code, number, status, msg) in table {
+            assert_eq!(code.number(), number, "{code:?}");
+            assert_eq!(code.status().0, status, "{code:?}");
+            assert_eq!(code.msg(), msg, "{code:?}");
+        }
+        assert_eq!(Code::ALL.len(), table.len());
+    }
+}

@@ -1,0 +1,390 @@
+//! Beside the path: SPEC §5 as typed structs.
+//!
+//! In: the TOML text of `config.toml` (or `--config PATH` / `SECKILL_CONFIG`).
+//! Out: a `Config` whose sections are handed by value to each stage at start.
+//! Invariants: every key is optional and defaults to the SPEC's value; an
+//! unknown key or a wrong type is refused, and the message names the key
+//! (`server.threads: invalid type ...`) and the file.
+//! Never: read at request time; there are no globals.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: listener and HTTP limits.
+    pub server: ServerConfig,
+    /// `[admin]`: the admin listener.
+    pub admin: AdminConfig,
+    /// `[auth]`: token secret.
+    pub auth: AuthConfig,
+    /// `[redis]`: where stock lives.
+    pub redis: RedisConfig,
+    /// `[breaker]`: Redis circuit breaker.
+    pub breaker: BreakerConfig,
+    /// `[queue.<name>]`: hijack queues by name; the sale path uses `shop`.
+    pub queue: BTreeMap<String, QueueConfig>,
+    /// `[stock]`: the memory share formula.
+    pub stock: StockConfig,
+    /// `[blacklist]`: uids answered 4003.
+    pub blacklist: BlacklistConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public listener address.
+    pub bind: SocketAddr,
+    /// Event-loop threads; 0 = one per core.
+    pub threads: usize,
+    /// Open connections at most, across all loops.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// A whole request must arrive within this.
+    pub read_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_timeout_ms: u64,
+    /// Longest wait in the hijack queue.
+    pub request_timeout_ms: u64,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Admin listener address.
+    pub bind: SocketAddr,
+    /// Bearer key; empty refuses every admin request.
+    pub key: String,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HMAC-SHA256 key of user tokens; empty refuses to start.
+    pub secret: String,
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Connect, read and write timeout of every Redis call.
+    pub timeout_ms: u64,
+}
+
+/// `[breaker]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Redis failures in a row that open the breaker.
+    pub failures: u32,
+    /// While open, one attempt is let through this often.
+    pub probe_ms: u64,
+}
+
+/// `[queue.<name>]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Backend name; only `"memory"` exists.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Bound of the fan-in queue.
+    pub size: usize,
+    /// Tokens per second the worker spends; 0 = unlimited.
+    pub rate: u64,
+    /// Tokens the bucket holds at most.
+    pub burst: u64,
+}
+
+/// `[stock]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StockConfig {
+    /// Nodes sharing the stock.
+    pub nodes: u64,
+    /// Over-provisioning factor of each node's share.
+    pub factor: f64,
+}
+
+/// `[blacklist]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlacklistConfig {
+    /// One uid a line; empty = no blacklist.
+    pub file: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut queue = BTreeMap::new();
+        queue.insert(SHOP_QUEUE.to_string(), QueueConfig::default());
+        Config {
+            server: ServerConfig::default(),
+            admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
+            redis: RedisConfig::default(),
+            breaker: BreakerConfig::default(),
+            queue,
+            stock: StockConfig::default(),
+            blacklist: BlacklistConfig::default(),
+        }
+    }
+}
+
+/// The queue the sale path uses: `[queue.shop]`.
+pub const SHOP_QUEUE: &str = "shop";
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            threads: 0,
+            max_connections: 100_000,
+            max_header_bytes: 8192,
+            max_body_bytes: 4096,
+            read_timeout_ms: 10_000,
+            keepalive_timeout_ms: 60_000,
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            key: String::new(),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/".to_string(),
+            timeout_ms: 500,
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            probe_ms: 1000,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            kind: "memory".to_string(),
+            size: 10_000,
+            rate: 5000,
+            burst: 100,
+        }
+    }
+}
+
+impl Default for StockConfig {
+    fn default() -> Self {
+        StockConfig {
+            nodes: 1,
+            factor: 1.5,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `read_timeout_ms` as a `Duration`.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+    /// `keepalive_timeout_ms` as a `Duration`.
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
+    }
+    /// `request_timeout_ms` as a `Duration`.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+impl RedisConfig {
+    /// `timeout_ms` as a `Duration`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Why a configuration could not be used. The message names the file and,
+/// where there is one, the key.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+        Config::parse(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            // toml's own message carries the line and a caret; keep its first
+            // useful line so the key and the cause stand together.
+            let inner = e.inner().message().to_string();
+            if key == "." || key.is_empty() {
+                ConfigError(inner)
+            } else {
+                ConfigError(format!("{key}: {inner}"))
+            }
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Range checks serde cannot express.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections", "must be at least 1");
+        }
+        if self.server.max_header_bytes < 64 {
+            return bad("server.max_header_bytes", "must be at least 64");
+        }
+        if self.stock.nodes == 0 {
+            return bad("stock.nodes", "must be at least 1");
+        }
+        if !(self.stock.factor.is_finite() && self.stock.factor > 0.0) {
+            return bad("stock.factor", "must be a number above 0");
+        }
+        if self.breaker.failures == 0 {
+            return bad("breaker.failures", "must be at least 1");
+        }
+        for (name, q) in &self.queue {
+            if q.size == 0 {
+                return bad(&format!("queue.{name}.size"), "must be at least 1");
+            }
+            if q.rate > 0 && q.burst == 0 {
+                return bad(&format!("queue.{name}.burst"), "must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[queue.shop]` section (its defaults when the file has none).
+    pub fn shop_queue(&self) -> QueueConfig {
+        self.queue.get(SHOP_QUEUE).cloned().unwrap_or_default()
+    }
+
+    /// `[blacklist] file`, when set.
+    pub fn blacklist_path(&self) -> Option<PathBuf> {
+        (!self.blacklist.file.is_empty()).then(|| PathBuf::from(&self.blacklist.file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_spec_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.server.bind.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin.bind.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.server.request_timeout_ms, 5000);
+        assert_eq!(c.shop_queue().rate, 5000);
+        assert_eq!(c.breaker.failures, 5);
+    }
+
+    #[test]
+    fn the_shipped_config_toml_is_the_defaults() {
+        let text = include_str!("../config.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_refused_naming_it() {
+        let e = Config::parse("[server]\nthreadz = 2\n").unwrap_err().0;
+        assert!(e.contains("threadz"), "{e}");
+        assert!(e.starts_with("server"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_refused_naming_it() {
+        let e = Config::parse("[serverr]\nthreads = 2\n").unwrap_err().0;
+        assert!(e.contains("serverr"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused_naming_the_key() {
+        let e = Config::parse("[server]\nthreads = \"four\"\n")
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("server.threads"), "{e}");
+        let e = Config::parse("[queue.shop]\nrate = -1\n").unwrap_err().0;
+        assert!(e.starts_with("queue.shop.rate"), "{e}");
+        let e = Config::parse("[server]\nbind = \"nowhere\"\n")
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("server.bind"), "{e}");
+    }
+
+    #[test]
+    fn partial_section_keeps_other_defaults() {
+        let c = Config::parse("[queue.shop]\nrate = 0\n").unwrap();
+        let q = c.shop_queue();
+        assert_eq!(
+            (q.rate, q.size, q.burst, q.kind.as_str()),
+            (0, 10_000, 100, "memory")
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key() {
+        let e = Config::parse("[stock]\nnodes = 0\n").unwrap_err().0;
+        assert!(e.starts_with("stock.nodes"), "{e}");
+        let e = Config::parse("[queue.shop]\nsize = 0\n").unwrap_err().0;
+        assert!(e.starts_with("queue.shop.size"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_refused_naming_the_file() {
+        let e = Config::load(Path::new("/nonexistent/seckill.toml"))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("/nonexistent/seckill.toml"), "{e}");
+    }
+}

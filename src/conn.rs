@@ -1,0 +1,174 @@
+//! Stage 1 of 8 (state): one connection on an event loop.
+//!
+//! Holds the socket, the bytes read but not yet parsed, the answers written
+//! but not yet flushed, and the deadline that applies now:
+//! - a request has begun but is not complete: `began_at + read_timeout`
+//!   (then 408 and close);
+//! - answers wait to be flushed: last progress `+ read_timeout` (then close:
+//!   the client stopped reading);
+//! - idle keep-alive: last activity `+ keepalive_timeout` (then close).
+//!
+//! Invariants: `read_start <= inbuf.len()` and `out_pos <= out.len()`; the
+//! read buffer holds at most one partial request plus one read chunk,
+//! because it is only read into when parsing wants more; answers stop being
+//! produced while more than `OUT_HIGH` bytes wait to be flushed, so a client
+//! that pipelines without reading holds a bounded buffer.
+
+use std::io::{ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+/// Bytes read from the socket per `read` call.
+pub const READ_CHUNK: usize = 4096;
+/// Unflushed answer bytes past which the connection stops parsing.
+pub const OUT_HIGH: usize = 64 * 1024;
+
+/// What a read found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// New bytes are in `inbuf`.
+    Data,
+    /// Nothing more for now.
+    WouldBlock,
+    /// The peer closed its side (EOF).
+    Eof,
+    /// Reset, or another error: close.
+    Failed,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket, registered with the loop's poll.
+    pub stream: TcpStream,
+    /// Bytes read; the unparsed part starts at `read_start`.
+    pub inbuf: Vec<u8>,
+    /// Start of the first unparsed byte in `inbuf`.
+    pub read_start: usize,
+    /// Answers; the unflushed part starts at `out_pos`.
+    pub out: Vec<u8>,
+    /// Start of the first unflushed byte in `out`.
+    pub out_pos: usize,
+    /// When the request now in progress sent its first byte.
+    pub began_at: Option<Instant>,
+    /// Last time bytes moved either way.
+    pub active_at: Instant,
+    /// Close once `out` is flushed.
+    pub closing: bool,
+    /// The peer sent EOF: answer what is buffered, then close.
+    pub peer_closed: bool,
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub fn new(stream: TcpStream, now: Instant) -> Self {
+        Conn {
+            stream,
+            inbuf: Vec::new(),
+            read_start: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            began_at: None,
+            active_at: now,
+            closing: false,
+            peer_closed: false,
+        }
+    }
+
+    /// Unparsed bytes.
+    pub fn unparsed(&self) -> &[u8] {
+        &self.inbuf[self.read_start..]
+    }
+
+    /// Unflushed answer bytes.
+    pub fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Reads one chunk (retrying `Interrupted`).
+    pub fn read_some(&mut self, now: Instant) -> ReadOutcome {
+        if self.read_start > 0 {
+            self.inbuf.drain(..self.read_start);
+            self.read_start = 0;
+        }
+        let len = self.inbuf.len();
+        self.inbuf.resize(len + READ_CHUNK, 0);
+        loop {
+            match self.stream.read(&mut self.inbuf[len..]) {
+                Ok(0) => {
+                    self.inbuf.truncate(len);
+                    return ReadOutcome::Eof;
+                }
+                Ok(n) => {
+                    self.inbuf.truncate(len + n);
+                    self.active_at = now;
+                    if len == 0 {
+                        self.began_at = Some(now);
+                    }
+                    return ReadOutcome::Data;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.inbuf.truncate(len);
+                    return if e.kind() == ErrorKind::WouldBlock {
+                        ReadOutcome::WouldBlock
+                    } else {
+                        ReadOutcome::Failed
+                    };
+                }
+            }
+        }
+    }
+
+    /// Marks `len` parsed bytes as used; the next request, if any, begins now.
+    pub fn consume(&mut self, len: usize, now: Instant) {
+        self.read_start += len;
+        if self.read_start >= self.inbuf.len() {
+            self.inbuf.clear();
+            self.read_start = 0;
+            self.began_at = None;
+        } else {
+            self.began_at = Some(now);
+        }
+    }
+
+    /// Writes what the socket takes. Err means the peer is gone.
+    pub fn flush(&mut self, now: Instant) -> std::io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out_pos += n;
+                    self.active_at = now;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(())
+    }
+
+    /// The unflushed answer bytes, taken (for a hijack).
+    pub fn take_out(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.out);
+        out.drain(..self.out_pos);
+        self.out_pos = 0;
+        out
+    }
+
+    /// When this connection must be dealt with, and whether a request is
+    /// half-read then (408) rather than idle or stalled (plain close).
+    pub fn deadline(&self, read_timeout: Duration, keepalive_timeout: Duration) -> (Instant, bool) {
+        if let Some(began) = self.began_at.filter(|_| !self.unparsed().is_empty()) {
+            (began + read_timeout, true)
+        } else if self.pending_out() > 0 {
+            (self.active_at + read_timeout, false)
+        } else {
+            (self.active_at + keepalive_timeout, false)
+        }
+    }
+}

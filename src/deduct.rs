@@ -1,0 +1,220 @@
+//! Stage 7 of 8: the Redis Lua deduct (SPEC §3).
+//!
+//! In: an `Attempt` and the sale's `ts_ms`. Out: a `DeductOutcome`, or a
+//! `DeductError` the worker answers 1002 (and counts for the breaker).
+//! Invariants: one `EVALSHA` per attempt; only a NOSCRIPT reply falls back to
+//! `EVAL` with the full script (after `SCRIPT FLUSH` or on a fresh Redis);
+//! the script's SHA1 is computed once, at start. Every call has the
+//! `redis.timeout_ms` timeout, so a hanging Redis is a failure, not a stall.
+//! A connection that failed is dropped and made anew on the next call.
+//! Never: knows of HTTP, sockets or the memory share.
+
+use std::time::Duration;
+
+use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
+use sha1::{Digest, Sha1};
+
+use crate::attempt::Attempt;
+use crate::keys::{self, GoodsKeys};
+
+/// The script, kept in its own file so it reads and diffs as Lua.
+pub const SCRIPT: &str = include_str!("deduct.lua");
+
+/// What the script decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeductOutcome {
+    /// Sold: the order's stream id, and the stock left after it.
+    Won {
+        /// The `orders` stream entry id.
+        order_id: String,
+        /// Stock left in Redis after this sale.
+        stock_left: i64,
+    },
+    /// The uid is already in `buyers` (-2).
+    AlreadyPurchased,
+    /// The stock key is missing (-3).
+    NotFound,
+    /// The stock is 0 (-1).
+    NoStock,
+}
+
+/// Redis failed, timed out, or answered something the script never returns.
+#[derive(Debug)]
+pub enum DeductError {
+    /// A connection, timeout or server error.
+    Redis(RedisError),
+    /// A reply of the wrong shape.
+    Reply,
+}
+
+impl From<RedisError> for DeductError {
+    fn from(e: RedisError) -> Self {
+        DeductError::Redis(e)
+    }
+}
+
+/// A Redis connection that runs the deduct. One per worker thread.
+pub struct Deducter {
+    client: redis::Client,
+    timeout: Duration,
+    // INVARIANT: lowercase hex SHA1 of SCRIPT.
+    sha: String,
+    conn: Option<redis::Connection>,
+}
+
+impl std::fmt::Debug for Deducter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deducter")
+            .field("sha", &self.sha)
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
+/// The SHA1 Redis names a script by.
+pub fn script_sha(script: &str) -> String {
+    hex::encode(Sha1::digest(script.as_bytes()))
+}
+
+/// Opens a connection with the timeout applied to connect, read and write.
+pub fn connect(client: &redis::Client, timeout: Duration) -> Result<redis::Connection, RedisError> {
+    let conn = client.get_connection_with_timeout(timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    Ok(conn)
+}
+
+impl Deducter {
+    /// A deducter for `url`; it connects on first use.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
+        Ok(Deducter {
+            client: redis::Client::open(url)?,
+            timeout,
+            sha: script_sha(SCRIPT),
+            conn: None,
+        })
+    }
+
+    /// Runs a redis command, dropping the connection when it failed at the
+    /// connection level (a server error leaves it usable).
+    fn run(&mut self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
+        let conn = match self.conn.as_mut() {
+            Some(c) => c,
+            None => self.conn.insert(connect(&self.client, self.timeout)?),
+        };
+        let result = cmd.query::<Value>(conn);
+        if let Err(e) = &result {
+            if !matches!(e.kind(), ErrorKind::Server(_)) {
+                self.conn = None;
+            }
+        }
+        result
+    }
+
+    /// Runs the deduct for `attempt`.
+    pub fn deduct(&mut self, attempt: &Attempt, ts_ms: u64) -> Result<DeductOutcome, DeductError> {
+        let keys = GoodsKeys::new(&attempt.event_id, &attempt.goods_id);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha);
+        add_args(&mut cmd, &keys, attempt, ts_ms);
+        let reply = match self.run(&cmd) {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(SCRIPT);
+                add_args(&mut eval, &keys, attempt, ts_ms);
+                self.run(&eval)?
+            }
+            other => other?,
+        };
+        outcome(reply)
+    }
+
+    /// Tells every node that this goods sold out (SPEC §3 channel).
+    pub fn publish_sold_out(&mut self, event_id: &str, goods_id: &str) -> Result<(), RedisError> {
+        let msg =
+            serde_json::json!({"kind": "sold_out", "event_id": event_id, "goods_id": goods_id});
+        self.run(
+            redis::cmd("PUBLISH")
+                .arg(keys::CHANGED)
+                .arg(msg.to_string()),
+        )
+        .map(drop)
+    }
+
+    /// `HGET buyers uid`: the uid's order id, if it won (`/shop/result`).
+    pub fn order_of(
+        &mut self,
+        event_id: &str,
+        goods_id: &str,
+        uid: &str,
+    ) -> Result<Option<String>, DeductError> {
+        let keys = GoodsKeys::new(event_id, goods_id);
+        match self.run(redis::cmd("HGET").arg(&keys.buyers).arg(uid))? {
+            Value::Nil => Ok(None),
+            Value::BulkString(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| DeductError::Reply),
+            _ => Err(DeductError::Reply),
+        }
+    }
+}
+
+fn add_args(cmd: &mut redis::Cmd, keys: &GoodsKeys, a: &Attempt, ts_ms: u64) {
+    cmd.arg(3)
+        .arg(&keys.stock)
+        .arg(&keys.buyers)
+        .arg(&keys.orders)
+        .arg(&a.uid)
+        .arg(&a.event_id)
+        .arg(&a.goods_id)
+        .arg(ts_ms);
+}
+
+/// The script's reply -> `DeductOutcome`.
+fn outcome(reply: Value) -> Result<DeductOutcome, DeductError> {
+    match reply {
+        Value::Int(-1) => Ok(DeductOutcome::NoStock),
+        Value::Int(-2) => Ok(DeductOutcome::AlreadyPurchased),
+        Value::Int(-3) => Ok(DeductOutcome::NotFound),
+        Value::Array(items) => match items.as_slice() {
+            [Value::Int(left), Value::BulkString(id)] => Ok(DeductOutcome::Won {
+                order_id: String::from_utf8(id.clone()).map_err(|_| DeductError::Reply)?,
+                stock_left: *left,
+            }),
+            _ => Err(DeductError::Reply),
+        },
+        _ => Err(DeductError::Reply),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_sha_is_sha1_hex() {
+        assert_eq!(script_sha(""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+        assert_eq!(script_sha(SCRIPT).len(), 40);
+    }
+
+    #[test]
+    fn replies_map_to_outcomes() {
+        assert_eq!(outcome(Value::Int(-1)).ok(), Some(DeductOutcome::NoStock));
+        assert_eq!(
+            outcome(Value::Int(-2)).ok(),
+            Some(DeductOutcome::AlreadyPurchased)
+        );
+        assert_eq!(outcome(Value::Int(-3)).ok(), Some(DeductOutcome::NotFound));
+        let won = Value::Array(vec![Value::Int(7), Value::BulkString(b"1-0".to_vec())]);
+        assert_eq!(
+            outcome(won).ok(),
+            Some(DeductOutcome::Won {
+                order_id: "1-0".into(),
+                stock_left: 7
+            })
+        );
+        assert!(outcome(Value::Int(5)).is_err());
+        assert!(outcome(Value::Nil).is_err());
+        assert!(outcome(Value::Array(vec![Value::Int(7)])).is_err());
+    }
+}

@@ -1,0 +1,369 @@
+//! Stage 1 of 8: the event loop: accept, read, answer, time out, hand off.
+//!
+//! One `EventLoop` per thread, each with its own `Poll`, listener (the
+//! public ones share a port through `SO_REUSEPORT`), connections and timers;
+//! nothing here is shared between loops but the open-connection count, so
+//! `server.threads` loops run side by side without locks.
+//!
+//! # Rules this loop keeps (mio's, made explicit)
+//!
+//! 1. **Edge-triggered: drain until `WouldBlock`.** A readable or writable
+//!    event is reported once per change; the loop reads and writes until the
+//!    socket says `WouldBlock`, or it would never hear of the rest. The one
+//!    exception is backpressure: while more than `conn::OUT_HIGH` bytes wait
+//!    for a client that is not reading, parsing stops; the writable event
+//!    that follows a flush resumes it.
+//! 2. **Spurious events are normal.** Every handler tolerates an event with
+//!    nothing behind it (a read that `WouldBlock`s at once).
+//! 3. **`Interrupted` retries; `WouldBlock` waits; reset, broken pipe and
+//!    EOF close quietly.** A client leaving is not an error worth a log line.
+//! 4. **Deregister before moving a socket out** (the hijack; see `hijack`).
+//!    After `deregister` the poll reports nothing more for it, so the slot
+//!    can be reused at once.
+//! 5. **One bad connection never hurts another.** Every error closes only
+//!    the connection it came from; nothing a client sends can panic the loop.
+//! 6. **Every limit is enforced here or in the parser**: head and body size,
+//!    header count, the read deadline (408), the keep-alive timeout, the
+//!    unflushed-output bound, and `max_connections` (an accept beyond it is
+//!    closed at once, which also empties the backlog: no busy loop).
+//!
+//! Never: waits on Redis or on any lock held by another thread for long.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::clock::Clock;
+use crate::codes::Code;
+use crate::conn::{Conn, ReadOutcome, OUT_HIGH};
+use crate::hijack::{Drain, Hijacked};
+use crate::http::parse::{self, HttpError, Limits, Parsed};
+use crate::http::response::{self, DateCache, Extra};
+use crate::metrics::{Metrics, RouteLabel};
+use crate::service::{Handled, Now, Service};
+
+const LISTENER: Token = Token(usize::MAX);
+/// Longest sleep in `poll`: the timer sweep and the stop flag are checked
+/// at least this often.
+const TICK: Duration = Duration::from_millis(50);
+/// After a stop, how long connections still busy with a request may finish.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Settings a loop runs with (from `[server]`).
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Parser limits.
+    pub limits: Limits,
+    /// `read_timeout_ms`.
+    pub read_timeout: Duration,
+    /// `keepalive_timeout_ms`.
+    pub keepalive_timeout: Duration,
+    /// `max_connections`, counted across every loop sharing `open`.
+    pub max_connections: usize,
+}
+
+/// One event loop.
+pub struct EventLoop<S: Service> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    service: S,
+    config: LoopConfig,
+    // Open connections across all loops sharing it.
+    open: Arc<AtomicUsize>,
+    clock: Arc<dyn Clock>,
+    date: DateCache,
+    drain: Drain,
+    stop: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+/// What to do with a connection after driving it.
+enum Next<C> {
+    Keep,
+    Close,
+    Hijack(C),
+}
+
+impl<S: Service> EventLoop<S> {
+    /// A loop serving `listener` with `service`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mut listener: TcpListener,
+        service: S,
+        config: LoopConfig,
+        open: Arc<AtomicUsize>,
+        clock: Arc<dyn Clock>,
+        drain: Drain,
+        stop: Arc<AtomicBool>,
+        metrics: Metrics,
+    ) -> std::io::Result<Self> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let date = DateCache::new(clock.unix_s());
+        Ok(EventLoop {
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            service,
+            config,
+            open,
+            clock,
+            date,
+            drain,
+            stop,
+            metrics,
+        })
+    }
+
+    /// Serves until the stop flag is set and in-flight requests are done.
+    pub fn run(mut self) -> std::io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut swept_at = self.clock.now();
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            match self.poll.poll(&mut events, Some(TICK)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    Token(key) => self.drive(key),
+                }
+            }
+            let now = self.clock.now();
+            if now.saturating_duration_since(swept_at) >= TICK {
+                swept_at = now;
+                self.sweep(now);
+            }
+            if self.stop.load(Ordering::Acquire) {
+                let since = *stopping_since.get_or_insert_with(|| {
+                    self.begin_stop();
+                    now
+                });
+                if self.conns.is_empty() || now.saturating_duration_since(since) >= STOP_GRACE {
+                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for key in keys {
+                        self.close(key);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn now(&mut self) -> (Instant, u64) {
+        (self.clock.now(), self.clock.unix_s())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let open = self.open.fetch_add(1, Ordering::AcqRel);
+                    if open >= self.config.max_connections {
+                        // Accepting and closing empties the backlog; leaving
+                        // it there would wake us again at once, forever.
+                        self.open.fetch_sub(1, Ordering::AcqRel);
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    let mut conn = Conn::new(stream, self.clock.now());
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut conn.stream,
+                            Token(key),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        self.open.fetch_sub(1, Ordering::AcqRel);
+                        continue;
+                    }
+                    entry.insert(conn);
+                    self.metrics.connections(1);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors and the like: the next accept
+                    // event retries; one log line per burst at most matters
+                    // less than not spinning.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads, answers and writes until the socket would block.
+    fn drive(&mut self, key: usize) {
+        match self.step(key) {
+            Next::Keep => {}
+            Next::Close => self.close(key),
+            Next::Hijack(claim) => self.hijack(key, claim),
+        }
+    }
+
+    fn step(&mut self, key: usize) -> Next<S::Claim> {
+        let (now, unix_s) = self.now();
+        let limits = self.config.limits;
+        let date = self.date.get(unix_s);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Next::Keep;
+        };
+        loop {
+            if conn.flush(now).is_err() {
+                return Next::Close;
+            }
+            if conn.closing || conn.peer_closed {
+                // Nothing more will be parsed: close once everything is out.
+                return if conn.pending_out() == 0 {
+                    Next::Close
+                } else {
+                    Next::Keep
+                };
+            }
+            if conn.pending_out() > OUT_HIGH {
+                return Next::Keep; // rule 1: resume on the writable event
+            }
+            // Answer every complete request already buffered, in order.
+            let mut answered = false;
+            while !conn.closing && conn.pending_out() <= OUT_HIGH && !conn.unparsed().is_empty() {
+                let handled = {
+                    let Conn {
+                        inbuf,
+                        read_start,
+                        out,
+                        ..
+                    } = &mut *conn;
+                    match parse::parse(&inbuf[*read_start..], &limits) {
+                        Ok(Parsed::Partial) => break,
+                        Ok(Parsed::Complete { request, len }) => {
+                            let now = Now {
+                                at: now,
+                                unix_s,
+                                date,
+                            };
+                            let h = self.service.handle(&request, now, out);
+                            Ok((h, len))
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                answered = true;
+                match handled {
+                    Ok((Handled::KeepOpen, len)) => conn.consume(len, now),
+                    Ok((Handled::Close, len)) => {
+                        conn.consume(len, now);
+                        conn.closing = true;
+                    }
+                    Ok((Handled::Hijack(claim), _)) => return Next::Hijack(claim),
+                    Err(e) => {
+                        let code = match e {
+                            HttpError::Malformed => Code::BadRequest,
+                            HttpError::HeadTooLarge => Code::HeaderTooLarge,
+                            HttpError::BodyTooLarge => Code::PayloadTooLarge,
+                        };
+                        self.metrics.count(RouteLabel::None, code);
+                        response::write_json(&mut conn.out, code, None, false, date, Extra::None);
+                        conn.closing = true;
+                    }
+                }
+            }
+            if answered {
+                continue; // flush what was answered before reading more
+            }
+            match conn.read_some(now) {
+                ReadOutcome::Data => {}
+                ReadOutcome::WouldBlock => return Next::Keep,
+                ReadOutcome::Eof => conn.peer_closed = true,
+                ReadOutcome::Failed => return Next::Close,
+            }
+        }
+    }
+
+    fn hijack(&mut self, key: usize, claim: S::Claim) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        // Rule 4: deregister first; then the socket is ours to move.
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.connections(-1);
+        let out = conn.take_out();
+        let stream = std::net::TcpStream::from(conn.stream);
+        self.service
+            .hijack(Hijacked::new(stream, out, self.drain.clone()), claim);
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.connections(-1);
+        }
+    }
+
+    /// Closes what is past its deadline: a half-read request gets 408 first.
+    fn sweep(&mut self, now: Instant) {
+        let (read_timeout, keepalive) = (self.config.read_timeout, self.config.keepalive_timeout);
+        let unix_s = self.clock.unix_s();
+        let date = self.date.get(unix_s);
+        let mut expired = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            let (deadline, half_read) = conn.deadline(read_timeout, keepalive);
+            if now < deadline {
+                continue;
+            }
+            if half_read && !conn.closing {
+                self.metrics.count(RouteLabel::None, Code::ReadTimeout);
+                response::write_json(
+                    &mut conn.out,
+                    Code::ReadTimeout,
+                    None,
+                    false,
+                    date,
+                    Extra::None,
+                );
+                let _ = conn.flush(now);
+            }
+            expired.push(key);
+        }
+        for key in expired {
+            self.close(key);
+        }
+    }
+
+    /// Stops accepting and closes every idle connection; the rest may finish
+    /// within `STOP_GRACE`.
+    fn begin_stop(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.unparsed().is_empty() && c.pending_out() == 0)
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.close(key);
+        }
+    }
+}

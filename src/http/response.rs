@@ -1,0 +1,209 @@
+//! Stage 8 of 8: `Code` + JSON `data` -> HTTP/1.1 response bytes.
+//!
+//! In: the code, the `data` JSON text (or none, written `null`), whether the
+//! connection stays open, and any extra header (`Allow`, `Retry-After`).
+//! Out: bytes appended to the caller's buffer.
+//! Invariants: `Content-Length` is always computed from the body actually
+//! written; every response carries `Date`, `Content-Type` and an explicit
+//! `Connection: keep-alive` or `Connection: close`.
+//! Never: puts internal error text in a body: `msg` comes from `codes`.
+
+use std::io::Write;
+
+use crate::codes::Code;
+
+/// The `Date` header value, formatted once per second.
+#[derive(Debug, Clone)]
+pub struct DateCache {
+    unix_s: u64,
+    // INVARIANT: the IMF-fixdate of `unix_s`, always 29 ASCII bytes.
+    text: String,
+}
+
+impl DateCache {
+    /// A cache holding `unix_s`.
+    pub fn new(unix_s: u64) -> Self {
+        DateCache {
+            unix_s,
+            text: format_date(unix_s),
+        }
+    }
+
+    /// The date text for `unix_s`, reformatted only when the second changed.
+    pub fn get(&mut self, unix_s: u64) -> &str {
+        if unix_s != self.unix_s {
+            self.unix_s = unix_s;
+            self.text = format_date(unix_s);
+        }
+        &self.text
+    }
+}
+
+fn format_date(unix_s: u64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_s))
+}
+
+/// A header beyond the fixed ones.
+#[derive(Debug, Clone, Copy)]
+pub enum Extra {
+    /// None.
+    None,
+    /// `Allow: <methods>` (405).
+    Allow(&'static str),
+    /// `Retry-After: 1` (1004).
+    RetryAfter,
+}
+
+/// Appends a JSON response `{"code":..,"msg":..,"data":..}` to `out`.
+pub fn write_json(
+    out: &mut Vec<u8>,
+    code: Code,
+    data: Option<&str>,
+    keep_alive: bool,
+    date: &str,
+    extra: Extra,
+) {
+    let (status, reason) = code.status();
+    let number = code.number();
+    let msg = code.msg();
+    let data = data.unwrap_or("null");
+    let body_len = r#"{"code":,"msg":"","data":}"#.len() + digits(number) + msg.len() + data.len();
+    write_head(
+        out,
+        status,
+        reason,
+        "application/json",
+        body_len,
+        keep_alive,
+        date,
+        extra,
+    );
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, r#"{{"code":{number},"msg":"{msg}","data":{data}}}"#);
+}
+
+/// Appends a response with any body (`/metrics`).
+pub fn write_raw(out: &mut Vec<u8>, content_type: &str, body: &[u8], keep_alive: bool, date: &str) {
+    write_head(
+        out,
+        200,
+        "OK",
+        content_type,
+        body.len(),
+        keep_alive,
+        date,
+        Extra::None,
+    );
+    out.extend_from_slice(body);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body_len: usize,
+    keep_alive: bool,
+    date: &str,
+    extra: Extra,
+) {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nServer: seckill\r\nDate: {date}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\nConnection: {connection}\r\n"
+    );
+    match extra {
+        Extra::None => {}
+        Extra::Allow(methods) => {
+            let _ = write!(out, "Allow: {methods}\r\n");
+        }
+        Extra::RetryAfter => out.extend_from_slice(b"Retry-After: 1\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn digits(n: u16) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    }
+}
+
+/// Escapes `s` as the inside of a JSON string (names in event JSON come from
+/// admins, but are still quoted properly).
+pub fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(code: Code, data: Option<&str>, keep_alive: bool, extra: Extra) -> String {
+        let mut out = Vec::new();
+        write_json(
+            &mut out,
+            code,
+            data,
+            keep_alive,
+            "Sun, 22 Nov 2026 03:00:00 GMT",
+            extra,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    fn body_and_length(resp: &str) -> (String, usize) {
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        (body.to_string(), len)
+    }
+
+    #[test]
+    fn content_length_matches_the_body_for_every_code() {
+        for code in Code::ALL {
+            for data in [None, Some(r#"{"order_id":"1-0","stock_left":7}"#)] {
+                let resp = text(code, data, true, Extra::None);
+                let (body, len) = body_and_length(&resp);
+                assert_eq!(body.len(), len, "{resp}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["code"], code.number());
+                assert_eq!(v["msg"], code.msg());
+            }
+        }
+    }
+
+    #[test]
+    fn no_stock_response_is_exact() {
+        let resp = text(Code::NoStock, None, true, Extra::None);
+        assert_eq!(
+            resp,
+            "HTTP/1.1 200 OK\r\nServer: seckill\r\nDate: Sun, 22 Nov 2026 03:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: 42\r\nConnection: keep-alive\r\n\r\n{\"code\":1001,\"msg\":\"no stock\",\"data\":null}"
+        );
+    }
+
+    #[test]
+    fn extras_and_close_are_written() {
+        let resp = text(Code::Busy, None, false, Extra::RetryAfter);
+        assert!(resp.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(resp.contains("\r\nRetry-After: 1\r\n"));
+        assert!(resp.contains("\r\nConnection: close\r\n"));
+        let resp = text(Code::MethodNotAllowed, None, true, Extra::Allow("GET"));
+        assert!(resp.contains("\r\nAllow: GET\r\n"));
+    }
+
+    #[test]
+    fn date_cache_formats_imf_fixdate() {
+        let mut d = DateCache::new(0);
+        assert_eq!(d.get(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(d.get(1_795_000_000), "Wed, 18 Nov 2026 11:06:40 GMT");
+    }
+}

@@ -1,0 +1,48 @@
+//! Beside the path: every Redis key of SPEC §3, built in one place.
+//!
+//! All keys of one goods share the hash tag `{E:G}`, so the deduct's three
+//! keys land in one slot on Redis Cluster too. Ids are checked
+//! (`[A-Za-z0-9_-]{1,64}`) before they get here, so no id can carry `{`, `}`
+//! or `:` and forge another goods' tag.
+
+/// Hash of event_id → event JSON.
+pub const EVENTS: &str = "seckill:events";
+
+/// Pub/sub channel: a message on every admin change and every sell-out.
+pub const CHANGED: &str = "seckill:events:changed";
+
+/// The three keys of one goods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoodsKeys {
+    /// String: remaining stock, never below 0.
+    pub stock: String,
+    /// Hash: uid → order_id.
+    pub buyers: String,
+    /// Stream: one entry per sale; the entry id is the order_id.
+    pub orders: String,
+}
+
+impl GoodsKeys {
+    /// The keys of goods `goods_id` in event `event_id`.
+    pub fn new(event_id: &str, goods_id: &str) -> Self {
+        let tag = format!("seckill:{{{event_id}:{goods_id}}}");
+        GoodsKeys {
+            stock: format!("{tag}:stock"),
+            buyers: format!("{tag}:buyers"),
+            orders: format!("{tag}:orders"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goods_keys_share_the_hash_tag() {
+        let k = GoodsKeys::new("e1", "g1");
+        assert_eq!(k.stock, "seckill:{e1:g1}:stock");
+        assert_eq!(k.buyers, "seckill:{e1:g1}:buyers");
+        assert_eq!(k.orders, "seckill:{e1:g1}:orders");
+    }
+}

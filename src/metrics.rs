@@ -1,0 +1,206 @@
+//! Beside the path: counters for `GET /metrics` (Prometheus text format).
+//!
+//! Every counter is a fixed atomic, indexed by enums known at compile time,
+//! so counting costs one relaxed add and never allocates or locks: the
+//! event loop counts every answer it gives.
+//! Names carry the `seckill_` prefix and their unit (`_total`, `_seconds`).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codes::Code;
+
+/// The route label of a counted answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteLabel {
+    /// `/shop/cart/add`, answered on the loop.
+    CartAdd,
+    /// `/shop/result`.
+    Result,
+    /// `/event/list`.
+    EventList,
+    /// `/event/info`.
+    EventInfo,
+    /// `/healthz`.
+    Healthz,
+    /// `/readyz`.
+    Readyz,
+    /// `/metrics`.
+    Metrics,
+    /// The admin listener.
+    Admin,
+    /// No route: bad HTTP, unknown path, timeouts.
+    None,
+}
+
+const ROUTES: [(RouteLabel, &str); 9] = [
+    (RouteLabel::CartAdd, "cart_add"),
+    (RouteLabel::Result, "result"),
+    (RouteLabel::EventList, "event_list"),
+    (RouteLabel::EventInfo, "event_info"),
+    (RouteLabel::Healthz, "healthz"),
+    (RouteLabel::Readyz, "readyz"),
+    (RouteLabel::Metrics, "metrics"),
+    (RouteLabel::Admin, "admin"),
+    (RouteLabel::None, "none"),
+];
+
+const CODES: usize = Code::ALL.len();
+
+/// Upper bounds of the Redis round-trip histogram, in seconds.
+const RTT_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+#[derive(Debug)]
+struct Inner {
+    // INVARIANT: indexed [route position in ROUTES][code position in Code::ALL].
+    answers: [[AtomicU64; CODES]; 9],
+    // Answers the worker wrote, by code position.
+    sales: [AtomicU64; CODES],
+    tokens: AtomicU64,
+    rtt_buckets: [AtomicU64; RTT_BUCKETS.len()],
+    rtt_count: AtomicU64,
+    rtt_sum_us: AtomicU64,
+    open_connections: AtomicI64,
+}
+
+/// Shared handle to every counter.
+#[derive(Debug, Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics(Arc::new(Inner {
+            answers: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            sales: std::array::from_fn(|_| AtomicU64::new(0)),
+            tokens: AtomicU64::new(0),
+            rtt_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            rtt_count: AtomicU64::new(0),
+            rtt_sum_us: AtomicU64::new(0),
+            open_connections: AtomicI64::new(0),
+        }))
+    }
+}
+
+fn code_index(code: Code) -> usize {
+    Code::ALL.iter().position(|c| *c == code).unwrap_or(0)
+}
+
+fn route_index(route: RouteLabel) -> usize {
+    ROUTES
+        .iter()
+        .position(|(r, _)| *r == route)
+        .unwrap_or(ROUTES.len() - 1)
+}
+
+impl Metrics {
+    /// Counts an answer the event loop gave.
+    pub fn count(&self, route: RouteLabel, code: Code) {
+        self.0.answers[route_index(route)][code_index(code)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an answer the worker gave.
+    pub fn count_sale(&self, code: Code) {
+        self.0.sales[code_index(code)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one token spent by the worker.
+    pub fn token_spent(&self) {
+        self.0.tokens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one deduct round trip.
+    pub fn redis_round_trip(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, bound) in RTT_BUCKETS.iter().enumerate() {
+            if s <= *bound {
+                self.0.rtt_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.0.rtt_count.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .rtt_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A connection opened (+1) or closed (-1).
+    pub fn connections(&self, delta: i64) {
+        self.0.open_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Open connections now.
+    pub fn open_connections(&self) -> i64 {
+        self.0.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// The exposition text; `queue_depth` is read by the caller.
+    pub fn render(&self, queue_depth: usize) -> String {
+        let m = &self.0;
+        let mut s = String::with_capacity(4096);
+        s.push_str(
+            "# HELP seckill_responses_total Answers given on the event loop, by route and code.\n",
+        );
+        s.push_str("# TYPE seckill_responses_total counter\n");
+        for (ri, (_, route)) in ROUTES.iter().enumerate() {
+            for (ci, code) in Code::ALL.iter().enumerate() {
+                let n = m.answers[ri][ci].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        s,
+                        "seckill_responses_total{{route=\"{route}\",code=\"{}\"}} {n}",
+                        code.number()
+                    );
+                }
+            }
+        }
+        s.push_str("# HELP seckill_worker_responses_total Answers the worker wrote to hijacked connections, by code.\n");
+        s.push_str("# TYPE seckill_worker_responses_total counter\n");
+        for (ci, code) in Code::ALL.iter().enumerate() {
+            let n = m.sales[ci].load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    s,
+                    "seckill_worker_responses_total{{code=\"{}\"}} {n}",
+                    code.number()
+                );
+            }
+        }
+        let _ = writeln!(s, "# HELP seckill_queue_depth Tasks waiting in the hijack queue.\n# TYPE seckill_queue_depth gauge\nseckill_queue_depth {queue_depth}");
+        let _ = writeln!(
+            s,
+            "# HELP seckill_tokens_spent_total Tokens the worker took from its bucket.\n# TYPE seckill_tokens_spent_total counter\nseckill_tokens_spent_total {}",
+            m.tokens.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP seckill_open_connections Connections open on the event loops.\n# TYPE seckill_open_connections gauge\nseckill_open_connections {}",
+            m.open_connections.load(Ordering::Relaxed)
+        );
+        s.push_str(
+            "# HELP seckill_redis_round_trip_seconds Deduct round trips seen by the worker.\n",
+        );
+        s.push_str("# TYPE seckill_redis_round_trip_seconds histogram\n");
+        for (i, bound) in RTT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "seckill_redis_round_trip_seconds_bucket{{le=\"{bound}\"}} {}",
+                m.rtt_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = m.rtt_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            s,
+            "seckill_redis_round_trip_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            s,
+            "seckill_redis_round_trip_seconds_sum {}",
+            m.rtt_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "seckill_redis_round_trip_seconds_count {count}");
+        s
+    }
+}

@@ -1,0 +1,251 @@
+//! Stages 3 to 5 on the public listener: route, authenticate, validate,
+//! pre-check memory stock, and answer or hijack.
+//!
+//! In: a complete request from the event loop. Out: an answer written into
+//! the connection's buffer (everything the loop can answer alone), or a claim
+//! on the connection: a sale attempt holding a `Lease` (to the queue), or a
+//! result question (to the lookup thread).
+//!
+//! Order of checks for a cart-add, cheapest and least revealing first:
+//! route (404/405) -> token (4001) -> body and ids (4000) -> event and
+//! goods (4004) -> window (1006/1007) -> memory stock (1001, 1005, 1004) ->
+//! queue full (1004) -> hijack. Everything before the hijack keeps the
+//! connection open (unless the SPEC closes after the code, or the client
+//! asked to close).
+//! Never: waits on Redis; the loop thread only reads memory.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::attempt::{self, Attempt};
+use crate::auth::{valid_id, Signer};
+use crate::catalog::Catalog;
+use crate::codes::Code;
+use crate::hijack::{Hijacked, Task};
+use crate::http::parse::{query_param, Request};
+use crate::http::response::{self, Extra};
+use crate::lookup::{Lookup, Question};
+use crate::metrics::{Metrics, RouteLabel};
+use crate::queue::Producer;
+use crate::route::{self, Route, RouteError};
+use crate::service::{reply, Handled, Now, Service};
+use crate::stock::{Lease, Stock, Take};
+
+/// What a public request claims the connection for.
+#[derive(Debug)]
+pub enum Claim {
+    /// A sale attempt, for the queue.
+    Sale {
+        /// The checked attempt.
+        attempt: Attempt,
+        /// Its unit of memory stock.
+        lease: Lease,
+        /// When it arrived.
+        arrived_at: Instant,
+    },
+    /// A `/shop/result` question, for the lookup thread.
+    Result {
+        /// Event id.
+        event_id: String,
+        /// Goods id.
+        goods_id: String,
+        /// Uid from the token.
+        uid: String,
+    },
+}
+
+/// The public listener's service. One per event loop; the handles inside are
+/// shared.
+pub struct Public {
+    /// Token checker.
+    pub signer: Signer,
+    /// Events and goods.
+    pub catalog: Arc<Catalog>,
+    /// Memory stock.
+    pub stock: Stock,
+    /// The hijack queue.
+    pub queue: Arc<dyn Producer>,
+    /// The `/shop/result` thread.
+    pub lookup: Lookup,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+fn label(route: &Result<Route<'_>, RouteError>) -> RouteLabel {
+    match route {
+        Ok(Route::CartAdd) => RouteLabel::CartAdd,
+        Ok(Route::Result) => RouteLabel::Result,
+        Ok(Route::EventList) => RouteLabel::EventList,
+        Ok(Route::EventInfo) => RouteLabel::EventInfo,
+        Ok(Route::Healthz) => RouteLabel::Healthz,
+        Ok(Route::Readyz) => RouteLabel::Readyz,
+        Ok(Route::Metrics) => RouteLabel::Metrics,
+        _ => RouteLabel::None,
+    }
+}
+
+/// An answer the loop gives: the code, its `data`, any extra header.
+type Answer = (Code, Option<String>, Extra);
+
+impl Public {
+    fn cart_add(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Answer> {
+        let plain = |code| (code, None, Extra::None);
+        let uid = self.verify(req, now)?;
+        let (event_id, goods_id) =
+            attempt::parse_ids(req.body).map_err(|_| plain(Code::BadRequest))?;
+        let snap = self.catalog.snapshot();
+        let event = snap
+            .events
+            .get(event_id)
+            .filter(|e| e.has_goods(goods_id))
+            .ok_or(plain(Code::NotFound))?;
+        if now.unix_s < event.start_at {
+            return Err(plain(Code::NotStarted));
+        }
+        if now.unix_s >= event.end_at {
+            return Err(plain(Code::Ended));
+        }
+        let lease = match self.stock.try_take(event_id, goods_id, uid) {
+            Take::Lease(lease) => lease,
+            Take::NoStock => return Err(plain(Code::NoStock)),
+            Take::AlreadyPurchased => return Err(plain(Code::AlreadyPurchased)),
+            Take::Queued => return Err((Code::Busy, None, Extra::RetryAfter)),
+            Take::Unknown => return Err(plain(Code::NotFound)),
+        };
+        if self.queue.is_full() {
+            // The lease's drop gives the unit back.
+            return Err((Code::Busy, None, Extra::RetryAfter));
+        }
+        Ok(Claim::Sale {
+            attempt: Attempt {
+                uid: uid.to_string(),
+                event_id: event_id.to_string(),
+                goods_id: goods_id.to_string(),
+            },
+            lease,
+            arrived_at: now.at,
+        })
+    }
+
+    fn verify<'r>(&self, req: &Request<'r>, now: Now<'_>) -> Result<&'r str, Answer> {
+        let header = req
+            .authorization
+            .ok_or((Code::Unauthorized, None, Extra::None))?;
+        self.signer
+            .verify(header, now.unix_s)
+            .map_err(|_| (Code::Unauthorized, None, Extra::None))
+    }
+
+    fn result(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Answer> {
+        let uid = self.verify(req, now)?;
+        let (event_id, goods_id) =
+            ids_from_query(req.query).ok_or((Code::BadRequest, None, Extra::None))?;
+        Ok(Claim::Result {
+            event_id: event_id.to_string(),
+            goods_id: goods_id.to_string(),
+            uid: uid.to_string(),
+        })
+    }
+
+    fn event_info(&self, req: &Request<'_>) -> Answer {
+        let Some(event_id) =
+            query_param(req.query, "event_id").filter(|id| valid_id(id.as_bytes()))
+        else {
+            return (Code::BadRequest, None, Extra::None);
+        };
+        match self.catalog.snapshot().events.get(event_id) {
+            Some(view) => (Code::Ok, Some(view.json.clone()), Extra::None),
+            None => (Code::NotFound, None, Extra::None),
+        }
+    }
+}
+
+fn ids_from_query(query: &str) -> Option<(&str, &str)> {
+    let e = query_param(query, "event_id")?;
+    let g = query_param(query, "goods_id")?;
+    (valid_id(e.as_bytes()) && valid_id(g.as_bytes())).then_some((e, g))
+}
+
+impl Service for Public {
+    type Claim = Claim;
+
+    fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Handled<Claim> {
+        let route = route::public(req.method, req.path);
+        let lbl = label(&route);
+        let (code, data, extra) = match route {
+            Err(RouteError::NotFound) => (Code::NotFound, None, Extra::None),
+            Err(RouteError::MethodNotAllowed(allow)) => {
+                (Code::MethodNotAllowed, None, Extra::Allow(allow))
+            }
+            Ok(Route::CartAdd) => match self.cart_add(req, now) {
+                Ok(claim) => return Handled::Hijack(claim),
+                Err(answer) => answer,
+            },
+            Ok(Route::Result) => match self.result(req, now) {
+                Ok(claim) => return Handled::Hijack(claim),
+                Err(answer) => answer,
+            },
+            Ok(Route::EventList) => (
+                Code::Ok,
+                Some(self.catalog.snapshot().list_json.clone()),
+                Extra::None,
+            ),
+            Ok(Route::EventInfo) => self.event_info(req),
+            Ok(Route::Healthz) => (Code::Ok, None, Extra::None),
+            Ok(Route::Readyz) if self.catalog.ready() => (Code::Ok, None, Extra::None),
+            Ok(Route::Readyz) => (Code::NotReady, None, Extra::None),
+            Ok(Route::Metrics) => {
+                self.metrics.count(lbl, Code::Ok);
+                let body = self.metrics.render(self.queue.depth());
+                response::write_raw(
+                    out,
+                    "text/plain; version=0.0.4",
+                    body.as_bytes(),
+                    req.keep_alive,
+                    now.date,
+                );
+                return if req.keep_alive {
+                    Handled::KeepOpen
+                } else {
+                    Handled::Close
+                };
+            }
+            Ok(_) => (Code::NotFound, None, Extra::None),
+        };
+        self.metrics.count(lbl, code);
+        reply(out, req, now, code, data.as_deref(), extra)
+    }
+
+    fn hijack(&mut self, conn: Hijacked, claim: Claim) {
+        match claim {
+            Claim::Sale {
+                attempt,
+                lease,
+                arrived_at,
+            } => {
+                let task = Task {
+                    conn,
+                    attempt,
+                    arrived_at,
+                    lease,
+                };
+                if let Err(task) = self.queue.try_push(task) {
+                    // Another loop filled the queue since the check: still
+                    // 1004 at once; the lease's drop gives the unit back.
+                    self.metrics.count(RouteLabel::CartAdd, Code::Busy);
+                    task.conn.answer_busy();
+                }
+            }
+            Claim::Result {
+                event_id,
+                goods_id,
+                uid,
+            } => self.lookup.ask(Question {
+                conn,
+                event_id,
+                goods_id,
+                uid,
+            }),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Stage 4 of 8: the node's memory share of each goods' stock (SPEC §4).
+//!
+//! In: a checked attempt (event, goods, uid). Out: a `Lease` (the request
+//! may win and goes on to the queue) or an answer the event loop gives at
+//! once: `NoStock` (1001), `AlreadyPurchased` (1005), `Queued` (1004),
+//! `Unknown` (4004).
+//!
+//! Invariants:
+//! - a share never goes below zero: taking is a compare-and-swap that stops
+//!   at zero, so "no stock" costs nothing to give back;
+//! - every `Lease` ends exactly once: `commit` (a sale), `sold_out` (Redis
+//!   said no stock: the share drops to zero) or drop (anything else: the unit
+//!   goes back and the uid leaves the queued list);
+//! - a uid this node sold to, or whose attempt is still queued, never takes
+//!   from the share again.
+//!
+//! Never: calls Redis. `catalog` tells it what exists (`learn`, `retain`);
+//! `worker` tells it how a lease ended.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+/// `ceil(stock × factor / nodes)`, never more than `stock`, never below 0.
+pub fn share_of(stock: i64, nodes: u64, factor: f64) -> i64 {
+    if stock <= 0 {
+        return 0;
+    }
+    let share = (stock as f64 * factor / nodes.max(1) as f64).ceil();
+    // f64 -> i64 saturates; a NaN (factor is checked at start) would give 0.
+    (share as i64).clamp(0, stock)
+}
+
+/// event_id -> goods_id -> share.
+type Shares = HashMap<String, HashMap<String, Arc<Share>>>;
+
+/// What `try_take` decided.
+#[derive(Debug)]
+pub enum Take {
+    /// Go on: the attempt may win. Holds one unit of the share.
+    Lease(Lease),
+    /// 1001: the share is used up.
+    NoStock,
+    /// 1005: this node already sold this goods to this uid.
+    AlreadyPurchased,
+    /// 1004: this uid's earlier attempt is still queued.
+    Queued,
+    /// 4004: this node knows no such goods.
+    Unknown,
+}
+
+/// Every goods' share on this node. Cheap to clone: a handle to shared state.
+#[derive(Debug, Clone)]
+pub struct Stock {
+    nodes: u64,
+    factor: f64,
+    // event_id -> goods_id -> share. The lock is taken for reading on every
+    // attempt and for writing only when the catalog adds or resets goods.
+    goods: Arc<RwLock<Shares>>,
+}
+
+#[derive(Debug)]
+struct Share {
+    // INVARIANT: never below 0; only changed through `Stock` and `Lease`.
+    left: AtomicI64,
+    // The catalog's `epoch` of the stock this share was computed from; a new
+    // epoch (an admin reset) replaces the share and its user lists.
+    epoch: u64,
+    users: Mutex<Users>,
+}
+
+#[derive(Debug, Default)]
+struct Users {
+    sold: HashSet<String>,
+    queued: HashSet<String>,
+}
+
+impl Stock {
+    /// An empty table for `nodes` nodes and over-provisioning `factor`.
+    pub fn new(nodes: u64, factor: f64) -> Self {
+        Stock {
+            nodes,
+            factor,
+            goods: Arc::default(),
+        }
+    }
+
+    fn share(&self, event_id: &str, goods_id: &str) -> Option<Arc<Share>> {
+        self.goods.read().get(event_id)?.get(goods_id).cloned()
+    }
+
+    /// Takes one unit for `uid`, or says why not.
+    pub fn try_take(&self, event_id: &str, goods_id: &str, uid: &str) -> Take {
+        let Some(share) = self.share(event_id, goods_id) else {
+            return Take::Unknown;
+        };
+        let mut users = share.users.lock();
+        if users.sold.contains(uid) {
+            return Take::AlreadyPurchased;
+        }
+        if users.queued.contains(uid) {
+            return Take::Queued;
+        }
+        let took = share
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > 0).then(|| n - 1)
+            });
+        if took.is_err() {
+            return Take::NoStock;
+        }
+        users.queued.insert(uid.to_string());
+        drop(users);
+        Take::Lease(Lease {
+            share,
+            uid: uid.to_string(),
+            ended: false,
+        })
+    }
+
+    /// Tells the table that goods exists with `redis_stock` left, as of stock
+    /// `epoch`. New goods, or a new epoch, get a fresh share; otherwise the
+    /// share is only lowered to what Redis still has (a sell-out elsewhere
+    /// reaches this node this way even if its pub/sub message was lost).
+    pub fn learn(&self, event_id: &str, goods_id: &str, redis_stock: i64, epoch: u64) {
+        if let Some(share) = self.share(event_id, goods_id) {
+            if share.epoch == epoch {
+                share.left.fetch_min(redis_stock.max(0), Ordering::AcqRel);
+                return;
+            }
+        }
+        let fresh = Arc::new(Share {
+            left: AtomicI64::new(share_of(redis_stock, self.nodes, self.factor)),
+            epoch,
+            users: Mutex::default(),
+        });
+        self.goods
+            .write()
+            .entry(event_id.to_string())
+            .or_default()
+            .insert(goods_id.to_string(), fresh);
+    }
+
+    /// Forgets every goods for which `keep(event_id, goods_id)` is false.
+    pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+        let mut goods = self.goods.write();
+        for (event_id, by_goods) in goods.iter_mut() {
+            by_goods.retain(|goods_id, _| keep(event_id, goods_id));
+        }
+        goods.retain(|_, by_goods| !by_goods.is_empty());
+    }
+
+    /// What is left of this node's share, if it knows the goods.
+    pub fn left(&self, event_id: &str, goods_id: &str) -> Option<i64> {
+        Some(self.share(event_id, goods_id)?.left.load(Ordering::Acquire))
+    }
+}
+
+/// One unit of a share, held by an attempt on its way to Redis.
+///
+/// Ends as `commit` (sold), `sold_out` (Redis has none: the share drops to
+/// zero) or, when dropped, gives its unit back. The drop is the last line of
+/// "nothing lost": a task dropped on any path returns its stock.
+#[derive(Debug)]
+pub struct Lease {
+    share: Arc<Share>,
+    uid: String,
+    // INVARIANT: true once commit or sold_out ran; Drop then does nothing.
+    ended: bool,
+}
+
+impl Lease {
+    /// The buyer holding this lease.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// The sale went through: keep the unit, remember the buyer.
+    pub fn commit(mut self) {
+        self.ended = true;
+        let mut users = self.share.users.lock();
+        users.queued.remove(&self.uid);
+        users.sold.insert(std::mem::take(&mut self.uid));
+    }
+
+    /// Redis says this uid already bought (on another node, or before a
+    /// restart): give the unit back, and answer 1005 from memory next time.
+    pub fn already_bought(mut self) {
+        self.ended = true;
+        let mut users = self.share.users.lock();
+        users.queued.remove(&self.uid);
+        users.sold.insert(std::mem::take(&mut self.uid));
+        drop(users);
+        self.share.left.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Redis has no stock left: drop the share to zero. Returns true when
+    /// this call is what emptied a non-empty share (then the node just
+    /// learned of the sell-out, and tells the others).
+    pub fn sold_out(mut self) -> bool {
+        self.ended = true;
+        self.share.users.lock().queued.remove(&self.uid);
+        self.share.left.swap(0, Ordering::AcqRel) > 0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.share.users.lock().queued.remove(&self.uid);
+        self.share.left.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_formula_follows_the_seed_example() {
+        assert_eq!(share_of(1000, 5, 1.5), 300);
+        assert_eq!(share_of(1000, 1, 1.5), 1000);
+        assert_eq!(share_of(10, 3, 1.5), 5);
+        assert_eq!(share_of(1, 5, 1.5), 1);
+        assert_eq!(share_of(100, 3, 1.0), 34);
+        assert_eq!(share_of(0, 1, 1.5), 0);
+        assert_eq!(share_of(-4, 1, 1.5), 0);
+    }
+
+    fn one_goods(stock: i64) -> Stock {
+        let s = Stock::new(1, 1.0);
+        s.learn("e", "g", stock, 1);
+        s
+    }
+
+    #[test]
+    fn share_never_goes_below_zero() {
+        let s = one_goods(2);
+        let a = s.try_take("e", "g", "a");
+        let b = s.try_take("e", "g", "b");
+        assert!(matches!((&a, &b), (Take::Lease(_), Take::Lease(_))));
+        for uid in ["c", "d", "e"] {
+            assert!(matches!(s.try_take("e", "g", uid), Take::NoStock));
+        }
+        assert_eq!(s.left("e", "g"), Some(0));
+    }
+
+    #[test]
+    fn dropped_lease_gives_back_and_unqueues() {
+        let s = one_goods(1);
+        let Take::Lease(lease) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        assert!(matches!(s.try_take("e", "g", "a"), Take::Queued));
+        assert_eq!(s.left("e", "g"), Some(0));
+        drop(lease);
+        assert_eq!(s.left("e", "g"), Some(1));
+        assert!(matches!(s.try_take("e", "g", "a"), Take::Lease(_)));
+    }
+
+    #[test]
+    fn committed_lease_keeps_the_unit_and_remembers_the_buyer() {
+        let s = one_goods(5);
+        let Take::Lease(lease) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        lease.commit();
+        assert_eq!(s.left("e", "g"), Some(4));
+        assert!(matches!(s.try_take("e", "g", "a"), Take::AlreadyPurchased));
+        assert_eq!(s.left("e", "g"), Some(4));
+    }
+
+    #[test]
+    fn already_bought_gives_back_and_remembers() {
+        let s = one_goods(5);
+        let Take::Lease(lease) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        lease.already_bought();
+        assert_eq!(s.left("e", "g"), Some(5));
+        assert!(matches!(s.try_take("e", "g", "a"), Take::AlreadyPurchased));
+    }
+
+    #[test]
+    fn sold_out_lease_empties_the_share_once() {
+        let s = one_goods(5);
+        let Take::Lease(a) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        let Take::Lease(b) = s.try_take("e", "g", "b") else {
+            panic!()
+        };
+        assert!(a.sold_out());
+        assert!(!b.sold_out());
+        assert_eq!(s.left("e", "g"), Some(0));
+    }
+
+    #[test]
+    fn unknown_goods_is_unknown() {
+        let s = one_goods(5);
+        assert!(matches!(s.try_take("e", "x", "a"), Take::Unknown));
+        assert!(matches!(s.try_take("x", "g", "a"), Take::Unknown));
+    }
+
+    #[test]
+    fn learn_lowers_to_redis_and_resets_on_new_epoch() {
+        let s = one_goods(10);
+        let Take::Lease(l) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        l.commit();
+        s.learn("e", "g", 3, 1);
+        assert_eq!(s.left("e", "g"), Some(3));
+        s.learn("e", "g", 50, 1);
+        assert_eq!(
+            s.left("e", "g"),
+            Some(3),
+            "same epoch never raises the share"
+        );
+        s.learn("e", "g", 50, 2);
+        assert_eq!(s.left("e", "g"), Some(50));
+        assert!(
+            matches!(s.try_take("e", "g", "a"), Take::Lease(_)),
+            "reset forgets buyers"
+        );
+    }
+
+    #[test]
+    fn retain_forgets_removed_goods() {
+        let s = one_goods(10);
+        s.learn("e", "h", 10, 1);
+        s.retain(|_, g| g == "h");
+        assert_eq!(s.left("e", "g"), None);
+        assert_eq!(s.left("e", "h"), Some(10));
+    }
+}
