@@ -4,8 +4,9 @@
 //! written to its socket, which is then closed; a sale and its order in Redis.
 //!
 //! For each task, in queue order:
-//! 1. older than `request_timeout_ms` -> 1003 (no token spent, stock back);
-//! 2. wait for a token from the bucket (`rate`/s, `burst`; 0 = unlimited);
+//! 1. wait for a token from the bucket (`rate`/s, `burst`; 0 = unlimited);
+//!    a task whose wait (queue plus token) passes `request_timeout_ms` gets
+//!    1003 instead: no token spent, its stock given back;
 //! 3. run the deduct; the outcome settles the lease and picks the answer:
 //!    won -> commit, 0 with `order_id` and `stock_left`; no stock -> the
 //!    share drops to 0 (and the other nodes are told), 1001; already
@@ -77,13 +78,22 @@ impl Worker {
             arrived_at,
             lease,
         } = task;
-        if self.clock.now().saturating_duration_since(arrived_at) > self.request_timeout {
-            drop(lease);
-            self.metrics.count_sale(Code::QueueTimeout);
-            return conn.answer(Code::QueueTimeout, None);
-        }
-        while let Err(wait) = self.bucket.try_take(self.clock.now()) {
-            std::thread::sleep(wait);
+        // Waiting for a token is waiting too: the deadline is checked before
+        // each wait, and a task never sleeps past it.
+        let deadline = arrived_at + self.request_timeout;
+        loop {
+            let now = self.clock.now();
+            if now > deadline {
+                drop(lease);
+                self.metrics.count_sale(Code::QueueTimeout);
+                return conn.answer(Code::QueueTimeout, None);
+            }
+            match self.bucket.try_take(now) {
+                Ok(()) => break,
+                Err(wait) => {
+                    std::thread::sleep(wait.min(deadline - now + Duration::from_millis(1)))
+                }
+            }
         }
         self.metrics.token_spent();
         let started = self.clock.now();

@@ -1,0 +1,581 @@
+//! Every route and code of SPEC §2 over real sockets, against a real
+//! `redis-server` and the real binary (issue 2).
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{
+    buy_bytes, config, now_s, raw, token, token_exp, Client, RedisServer, Seckill, ADMIN_KEY,
+    SECRET,
+};
+
+const FAR: u64 = 4_102_444_800;
+
+fn server_with(redis: &RedisServer, server: &str) -> Seckill {
+    let s = Seckill::start(&config(
+        redis,
+        server,
+        "rate = 0",
+        "nodes = 1\nfactor = 1.0",
+    ));
+    assert!(
+        s.wait_for_event("e1", Duration::from_secs(3)),
+        "server never saw event e1"
+    );
+    s
+}
+
+fn setup(goods: &[(&str, i64)]) -> (RedisServer, Seckill) {
+    let redis = RedisServer::start();
+    redis.seed("e1", goods, 0, FAR);
+    let s = server_with(&redis, "");
+    (redis, s)
+}
+
+#[test]
+fn winning_attempt_answers_order_and_closes() {
+    let (redis, s) = setup(&[("g1", 5)]);
+    let mut c = s.client();
+    let r = c.buy("alice", "e1", "g1");
+    r.assert(200, 0, "ok", "close");
+    let data = &r.json()["data"];
+    assert!(data["order_id"].is_string(), "{data}");
+    assert_eq!(data["stock_left"], 4);
+    assert!(c.is_closed(), "a hijacked answer closes the connection");
+    assert_eq!(redis.stock("e1", "g1"), Some(4));
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 1);
+    assert_eq!(redis.xlen_orders("e1", "g1"), 1);
+    let order: Option<String> = redis.cmd(&["HGET", "seckill:{e1:g1}:buyers", "alice"]);
+    assert_eq!(order.as_deref(), data["order_id"].as_str());
+}
+
+#[test]
+fn repeat_buyer_gets_1005_from_memory_on_a_kept_connection() {
+    let (redis, s) = setup(&[("g1", 5)]);
+    s.client()
+        .buy("alice", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    let mut c = s.client();
+    c.buy("alice", "e1", "g1")
+        .assert(200, 1005, "already purchased", "keep-alive");
+    c.buy("alice", "e1", "g1")
+        .assert(200, 1005, "already purchased", "keep-alive");
+    assert_eq!(
+        redis.stock("e1", "g1"),
+        Some(4),
+        "1005 from memory never reaches Redis"
+    );
+}
+
+#[test]
+fn sold_out_answers_1001_and_keeps_the_connection() {
+    let (_redis, s) = setup(&[("g0", 0)]);
+    let mut c = s.client();
+    for uid in ["a", "b", "c"] {
+        c.buy(uid, "e1", "g0")
+            .assert(200, 1001, "no stock", "keep-alive");
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (_redis, s) = setup(&[("g0", 0)]);
+    let mut c = s.client();
+    let mut bytes = raw("GET", "/healthz", None, None, "");
+    bytes.extend(buy_bytes("a", "e1", "g0", ""));
+    bytes.extend(raw("GET", "/nope", None, None, ""));
+    bytes.extend(raw("GET", "/event/info?event_id=e1", None, None, ""));
+    c.send(&bytes);
+    c.read().assert(200, 0, "ok", "keep-alive");
+    c.read().assert(200, 1001, "no stock", "keep-alive");
+    c.read().assert(404, 4004, "not found", "keep-alive");
+    let info = c.read();
+    info.assert(200, 0, "ok", "keep-alive");
+    assert_eq!(info.json()["data"]["event_id"], "e1");
+}
+
+#[test]
+fn hijacked_answer_follows_earlier_pipelined_answers() {
+    let (_redis, s) = setup(&[("g1", 5)]);
+    let mut c = s.client();
+    let mut bytes = raw("GET", "/healthz", None, None, "");
+    bytes.extend(buy_bytes("alice", "e1", "g1", ""));
+    bytes.extend(raw("GET", "/healthz", None, None, ""));
+    c.send(&bytes);
+    c.read().assert(200, 0, "ok", "keep-alive");
+    let won = c.read();
+    won.assert(200, 0, "ok", "close");
+    assert!(won.json()["data"]["order_id"].is_string());
+    assert!(
+        c.try_read().is_none(),
+        "requests after a hijacked one are not answered"
+    );
+}
+
+#[test]
+fn reads_answer_with_the_spec_shapes() {
+    let (_redis, s) = setup(&[("g1", 5), ("g2", 0)]);
+    let mut c = s.client();
+    c.get("/healthz", None).assert(200, 0, "ok", "keep-alive");
+    c.get("/readyz", None).assert(200, 0, "ok", "keep-alive");
+
+    let list = c.get("/event/list", None);
+    list.assert(200, 0, "ok", "keep-alive");
+    let events = list.json()["data"]["events"].clone();
+    assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
+    let goods = &events[0]["goods"];
+    assert_eq!(goods[0]["goods_id"], "g1");
+    assert_eq!(goods[0]["stock_left"], 5);
+    assert_eq!(goods[1]["stock_left"], 0);
+
+    let info = c.get("/event/info?event_id=e1", None);
+    info.assert(200, 0, "ok", "keep-alive");
+    assert_eq!(info.json()["data"]["goods"], *goods);
+    c.get("/event/info?event_id=nope", None)
+        .assert(404, 4004, "not found", "keep-alive");
+    c.get("/event/info", None)
+        .assert(400, 4000, "bad request", "close");
+
+    let metrics = s.client().get("/metrics", None);
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(
+        text.contains("seckill_responses_total{route=\"event_list\",code=\"0\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("seckill_queue_depth 0"), "{text}");
+}
+
+#[test]
+fn result_shows_none_then_the_win() {
+    let (_redis, s) = setup(&[("g1", 5)]);
+    let auth = format!("Bearer {}", token("alice"));
+    let r = s
+        .client()
+        .get("/shop/result?event_id=e1&goods_id=g1", Some(&auth));
+    r.assert(200, 0, "ok", "close");
+    assert_eq!(r.json()["data"], serde_json::json!({"status": "none"}));
+
+    let won = s.client().buy("alice", "e1", "g1");
+    let order_id = won.json()["data"]["order_id"].clone();
+    let r = s
+        .client()
+        .get("/shop/result?event_id=e1&goods_id=g1", Some(&auth));
+    assert_eq!(
+        r.json()["data"],
+        serde_json::json!({"status": "won", "order_id": order_id})
+    );
+
+    s.client()
+        .get("/shop/result?event_id=e1&goods_id=g1", None)
+        .assert(401, 4001, "unauthorized", "keep-alive");
+    s.client()
+        .get("/shop/result?event_id=e1&goods_id=g:1", Some(&auth))
+        .assert(400, 4000, "bad request", "close");
+}
+
+#[test]
+fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
+    let (_redis, s) = setup(&[("g1", 5)]);
+    let mut c = s.client();
+    c.get("/", None)
+        .assert(404, 4004, "not found", "keep-alive");
+    let r = c.get("/shop/cart/add", None);
+    r.assert(405, 4005, "method not allowed", "keep-alive");
+    assert_eq!(r.header("allow"), Some("PUT, POST"));
+    let r = c.request("DELETE", "/healthz", None, None);
+    r.assert(405, 4005, "method not allowed", "keep-alive");
+    assert_eq!(r.header("allow"), Some("GET"));
+    let r = c.request(
+        "POST",
+        "/shop/cart/add",
+        Some(&format!("Bearer {}", token("z"))),
+        Some(r#"{"event_id":"e1","goods_id":"g1"}"#),
+    );
+    r.assert(200, 0, "ok", "close");
+}
+
+#[test]
+fn bad_tokens_answer_4001() {
+    let (redis, s) = setup(&[("g1", 5)]);
+    let body = Some(r#"{"event_id":"e1","goods_id":"g1"}"#);
+    let good = token("alice");
+    let other = seckill::auth::Signer::new(b"other").mint("alice", now_s() + 60);
+    let cases = [
+        None,
+        Some("Basic abc".to_string()),
+        Some(format!("Bearer {other}")),
+        Some(format!("Bearer {}", token_exp("alice", now_s() - 10))),
+        Some(format!("Bearer {}", good.replacen("alice", "mallory", 1))),
+        Some(format!("Bearer {good}.x")),
+        Some("Bearer a.b".to_string()),
+    ];
+    let mut c = s.client();
+    for auth in cases {
+        let r = c.request("PUT", "/shop/cart/add", auth.as_deref(), body);
+        r.assert(401, 4001, "unauthorized", "keep-alive");
+    }
+    assert_eq!(redis.stock("e1", "g1"), Some(5));
+}
+
+#[test]
+fn bad_bodies_answer_4000_and_close() {
+    let (_redis, s) = setup(&[("g1", 5)]);
+    let bodies = [
+        "",
+        "not json",
+        r#"{"event_id":"e1"}"#,
+        r#"{"event_id":1,"goods_id":"g1"}"#,
+        r#"{"event_id":"e:1","goods_id":"g1"}"#,
+        r#"{"event_id":"e1","goods_id":"{g1}"}"#,
+        r#"{"event_id":"e1","goods_id":"g 1"}"#,
+    ];
+    let auth = format!("Bearer {}", token("alice"));
+    for body in bodies {
+        let mut c = s.client();
+        let r = c.request("PUT", "/shop/cart/add", Some(&auth), Some(body));
+        r.assert(400, 4000, "bad request", "close");
+        assert!(c.is_closed(), "closed after 400 for body {body:?}");
+    }
+}
+
+#[test]
+fn unknown_event_or_goods_answers_4004() {
+    let (_redis, s) = setup(&[("g1", 5)]);
+    let mut c = s.client();
+    c.buy("a", "e1", "nope")
+        .assert(404, 4004, "not found", "keep-alive");
+    c.buy("a", "nope", "g1")
+        .assert(404, 4004, "not found", "keep-alive");
+}
+
+#[test]
+fn event_window_answers_1006_before_and_1007_after() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    redis.seed("soon", &[("g1", 5)], now_s() + 3600, FAR);
+    redis.seed("past", &[("g1", 5)], 0, now_s() - 1);
+    let s = server_with(&redis, "");
+    assert!(s.wait_for_event("past", Duration::from_secs(2)));
+    let mut c = s.client();
+    c.buy("a", "soon", "g1")
+        .assert(200, 1006, "event not started", "keep-alive");
+    c.buy("a", "past", "g1")
+        .assert(200, 1007, "event ended", "keep-alive");
+}
+
+#[test]
+fn http10_closes_unless_it_asks_for_keep_alive() {
+    let (_redis, s) = setup(&[("g1", 5)]);
+    let mut c = s.client();
+    c.send(b"GET /healthz HTTP/1.0\r\n\r\n");
+    c.read().assert(200, 0, "ok", "close");
+    assert!(c.is_closed());
+    let mut c = s.client();
+    c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    c.read().assert(200, 0, "ok", "keep-alive");
+    c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    c.read().assert(200, 0, "ok", "keep-alive");
+    let mut c = s.client();
+    c.send(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+    c.read().assert(200, 0, "ok", "close");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn oversize_head_and_body_answer_431_and_413_and_close() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let s = server_with(&redis, "max_header_bytes = 512\nmax_body_bytes = 64");
+    let mut c = s.client();
+    c.send(&raw(
+        "GET",
+        "/healthz",
+        None,
+        None,
+        &format!("X-Big: {}\r\n", "a".repeat(600)),
+    ));
+    c.read()
+        .assert(431, 4031, "request header fields too large", "close");
+    assert!(c.is_closed());
+    let mut c = s.client();
+    let body = format!(
+        r#"{{"event_id":"e1","goods_id":"g1","pad":"{}"}}"#,
+        "x".repeat(64)
+    );
+    c.send(&raw(
+        "PUT",
+        "/shop/cart/add",
+        Some(&format!("Bearer {}", token("a"))),
+        Some(&body),
+        "",
+    ));
+    c.read().assert(413, 4013, "payload too large", "close");
+    assert!(c.is_closed());
+    // Other clients are unaffected.
+    s.client()
+        .get("/healthz", None)
+        .assert(200, 0, "ok", "keep-alive");
+}
+
+#[test]
+fn slow_request_gets_408_and_idle_connection_closes() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let s = server_with(&redis, "read_timeout_ms = 300\nkeepalive_timeout_ms = 400");
+    let mut slow = s.client();
+    slow.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    slow.read().assert(408, 4008, "request timeout", "close");
+    assert!(slow.is_closed());
+    let mut idle = s.client();
+    idle.get("/healthz", None)
+        .assert(200, 0, "ok", "keep-alive");
+    assert!(
+        idle.try_read().is_none(),
+        "idle keep-alive connection is closed without an answer"
+    );
+}
+
+#[test]
+fn connections_past_max_connections_are_closed() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let s = server_with(&redis, "max_connections = 3");
+    let mut kept: Vec<Client> = (0..3).map(|_| s.client()).collect();
+    for c in &mut kept {
+        c.get("/healthz", None).assert(200, 0, "ok", "keep-alive");
+    }
+    let mut over = s.client();
+    over.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(over.try_read().is_none(), "the fourth connection is closed");
+    drop(kept);
+}
+
+#[test]
+fn noscript_falls_back_to_eval() {
+    let (redis, s) = setup(&[("g1", 5)]);
+    let _: () = redis.cmd(&["SCRIPT", "FLUSH"]);
+    s.client()
+        .buy("alice", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    assert_eq!(redis.stock("e1", "g1"), Some(4));
+}
+
+fn admin_req(
+    s: &Seckill,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> support::Response {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    s.admin_client()
+        .request(method, path, auth.as_deref(), body)
+}
+
+#[test]
+fn admin_creates_shows_resets_and_deletes_events() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let s = server_with(&redis, "");
+    let def = r#"{"event_id":"e2","name":"sale","start_at":0,"end_at":4102444800,"goods":[{"goods_id":"g1","name":"phone","price_cents":100,"stock":3}]}"#;
+
+    admin_req(&s, "POST", "/admin/events", None, Some(def)).assert(
+        401,
+        4001,
+        "unauthorized",
+        "keep-alive",
+    );
+    admin_req(&s, "POST", "/admin/events", Some("wrong"), Some(def)).assert(
+        401,
+        4001,
+        "unauthorized",
+        "keep-alive",
+    );
+    admin_req(&s, "POST", "/admin/events", Some(ADMIN_KEY), Some("{")).assert(
+        400,
+        4000,
+        "bad request",
+        "close",
+    );
+    let r = admin_req(&s, "PUT", "/admin/events", Some(ADMIN_KEY), Some(def));
+    r.assert(405, 4005, "method not allowed", "keep-alive");
+    assert_eq!(r.header("allow"), Some("POST"));
+
+    admin_req(&s, "POST", "/admin/events", Some(ADMIN_KEY), Some(def)).assert(
+        200,
+        0,
+        "ok",
+        "keep-alive",
+    );
+    assert_eq!(redis.stock("e2", "g1"), Some(3));
+    assert!(
+        s.wait_for_event("e2", Duration::from_secs(1)),
+        "the node learns of the event within 1 s"
+    );
+    s.client()
+        .buy("alice", "e2", "g1")
+        .assert(200, 0, "ok", "close");
+
+    let r = admin_req(&s, "GET", "/admin/events/e2", Some(ADMIN_KEY), None);
+    r.assert(200, 0, "ok", "keep-alive");
+    let g = &r.json()["data"]["goods"][0];
+    assert_eq!(
+        (g["stock_left"].as_i64(), g["sold"].as_i64()),
+        (Some(2), Some(1)),
+        "{g}"
+    );
+
+    // Replacing without reset keeps the stock; with reset, buyers go too.
+    admin_req(&s, "POST", "/admin/events", Some(ADMIN_KEY), Some(def)).assert(
+        200,
+        0,
+        "ok",
+        "keep-alive",
+    );
+    assert_eq!(redis.stock("e2", "g1"), Some(2));
+    let reset = def.replacen('{', r#"{"reset":true,"#, 1);
+    admin_req(&s, "POST", "/admin/events", Some(ADMIN_KEY), Some(&reset)).assert(
+        200,
+        0,
+        "ok",
+        "keep-alive",
+    );
+    assert_eq!(redis.stock("e2", "g1"), Some(3));
+    assert_eq!(redis.hlen_buyers("e2", "g1"), 0);
+    assert_eq!(redis.xlen_orders("e2", "g1"), 0);
+    // The node forgets alice within 1 s: she can buy again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut last = 0;
+    while std::time::Instant::now() < deadline {
+        last = s.client().buy("alice", "e2", "g1").code();
+        if last == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(last, 0, "after a reset the node forgets its buyers");
+
+    admin_req(&s, "DELETE", "/admin/events/e2", Some(ADMIN_KEY), None).assert(
+        200,
+        0,
+        "ok",
+        "keep-alive",
+    );
+    assert_eq!(redis.stock("e2", "g1"), None);
+    assert_eq!(redis.hlen_buyers("e2", "g1"), 0);
+    admin_req(&s, "GET", "/admin/events/e2", Some(ADMIN_KEY), None).assert(
+        404,
+        4004,
+        "not found",
+        "keep-alive",
+    );
+    admin_req(&s, "DELETE", "/admin/events/e2", Some(ADMIN_KEY), None).assert(
+        404,
+        4004,
+        "not found",
+        "keep-alive",
+    );
+    admin_req(&s, "GET", "/admin/events/e:2", Some(ADMIN_KEY), None).assert(
+        400,
+        4000,
+        "bad request",
+        "close",
+    );
+    admin_req(&s, "GET", "/nope", Some(ADMIN_KEY), None).assert(
+        404,
+        4004,
+        "not found",
+        "keep-alive",
+    );
+}
+
+#[test]
+fn empty_admin_key_refuses_every_admin_request() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let text = config(&redis, "", "", "").replace(&format!("key = \"{ADMIN_KEY}\""), "key = \"\"");
+    let s = Seckill::start(&text);
+    admin_req(&s, "GET", "/admin/events/e1", Some(""), None).assert(
+        401,
+        4001,
+        "unauthorized",
+        "keep-alive",
+    );
+    admin_req(&s, "GET", "/admin/events/e1", None, None).assert(
+        401,
+        4001,
+        "unauthorized",
+        "keep-alive",
+    );
+}
+
+fn serve_with_config(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_seckill"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run seckill");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_stops_start_up_naming_the_key_or_file() {
+    let (code, err) = serve_with_config("[server]\nthreadz = 1\n[auth]\nsecret = \"s\"\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("threadz") && err.contains("bad.toml"), "{err}");
+    let (code, err) = serve_with_config("[server]\nmax_body_bytes = \"big\"\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("server.max_body_bytes"), "{err}");
+    let (code, err) = serve_with_config("[server]\nbind = \"127.0.0.1:0\"\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("auth.secret"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_seckill"))
+        .args(["serve", "--config", "/nonexistent/seckill.toml"])
+        .output()
+        .expect("run seckill");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/seckill.toml"));
+}
+
+#[test]
+fn token_command_prints_tokens_the_server_accepts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_seckill"))
+        .args(["token", "--uid", "alice", "--ttl", "60", "--secret", SECRET])
+        .output()
+        .expect("run seckill token");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let signer = seckill::auth::Signer::new(SECRET.as_bytes());
+    let header = format!("Bearer {}", text.trim());
+    assert_eq!(signer.verify(header.as_bytes(), now_s()), Ok("alice"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_seckill"))
+        .args(["token", "--count", "3", "--prefix", "u", "--secret", SECRET])
+        .output()
+        .expect("run seckill token");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        let header = format!("Bearer {line}");
+        assert_eq!(
+            signer.verify(header.as_bytes(), now_s()).map(String::from),
+            Ok(format!("u{i}"))
+        );
+    }
+}

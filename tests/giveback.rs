@@ -1,0 +1,141 @@
+//! SPEC §4: a memory pre-deduct that does not become a sale is given back
+//! (issue 2). Each test sizes the node's share so that a missing give-back
+//! turns a later win into 1001.
+//!
+//! `CLIENT PAUSE <ms> WRITE` holds every script on the Redis for a while
+//! (it takes effect before the command returns), which keeps the worker busy
+//! on one deduct deterministically: no sleeps needed.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{buy_bytes, config, Client, RedisServer, Seckill};
+
+const FAR: u64 = 4_102_444_800;
+
+fn start(redis: &RedisServer, server: &str, queue: &str) -> Seckill {
+    let cfg = config(redis, server, queue, "nodes = 1\nfactor = 1.0")
+        .replace("[redis]\n", "[redis]\ntimeout_ms = 5000\n");
+    let s = Seckill::start(&cfg);
+    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    s
+}
+
+/// Polls `/metrics` until `line` appears (a readiness check, not a sleep).
+fn wait_metric(s: &Seckill, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let m = s.client().get("/metrics", None);
+        if String::from_utf8_lossy(&m.body).lines().any(|l| l == line) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("metric line {line:?} never appeared");
+}
+
+#[test]
+fn already_purchased_from_redis_gives_the_unit_back() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 2)], 0, FAR);
+    let s = start(&redis, "", "rate = 0");
+    // Bought elsewhere: Redis knows, this node does not.
+    let _: i64 = redis.cmd(&["HSET", "seckill:{e1:g1}:buyers", "x", "1-0"]);
+    let mut c = s.client();
+    let r = c.buy("x", "e1", "g1");
+    r.assert(200, 1005, "already purchased", "close");
+    // Share 2: both must still win.
+    s.client()
+        .buy("u1", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    s.client()
+        .buy("u2", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    // And the node now answers x from memory, keeping the connection.
+    s.client()
+        .buy("x", "e1", "g1")
+        .assert(200, 1005, "already purchased", "keep-alive");
+}
+
+#[test]
+fn redis_error_gives_the_unit_back() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 1)], 0, FAR);
+    let s = start(&redis, "", "rate = 0");
+    // A buyers key of the wrong type makes the script fail inside Redis.
+    let _: () = redis.cmd(&["SET", "seckill:{e1:g1}:buyers", "not a hash"]);
+    s.client()
+        .buy("u1", "e1", "g1")
+        .assert(503, 1002, "redis error", "close");
+    let _: i64 = redis.cmd(&["DEL", "seckill:{e1:g1}:buyers"]);
+    // Share 1: the failed attempt's unit must be back for this win.
+    s.client()
+        .buy("u2", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+}
+
+#[test]
+fn queue_timeout_answers_1003_and_gives_the_unit_back() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 3)], 0, FAR);
+    let s = start(&redis, "request_timeout_ms = 200", "rate = 0");
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "800", "WRITE"]);
+    let mut clients: Vec<Client> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|uid| {
+            let mut c = s.client();
+            c.send(&buy_bytes(uid, "e1", "g1", ""));
+            c
+        })
+        .collect();
+    let codes: Vec<i64> = clients.iter_mut().map(|c| c.read().code()).collect();
+    let mut sorted = codes.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        vec![0, 1003, 1003],
+        "one deduct held by the pause, two expired: {codes:?}"
+    );
+    // Share 3, one sold: two units are back.
+    s.client()
+        .buy("u4", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    s.client()
+        .buy("u5", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    assert_eq!(redis.stock("e1", "g1"), Some(0));
+}
+
+#[test]
+fn full_queue_answers_1004_and_gives_the_unit_back() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 4)], 0, FAR);
+    let s = start(&redis, "", "rate = 0\nsize = 1");
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let mut u1 = s.client();
+    u1.send(&buy_bytes("u1", "e1", "g1", ""));
+    wait_metric(&s, "seckill_tokens_spent_total 1"); // u1 is in the worker
+    let mut u2 = s.client();
+    u2.send(&buy_bytes("u2", "e1", "g1", ""));
+    wait_metric(&s, "seckill_queue_depth 1"); // u2 fills the queue
+    let mut u3 = s.client();
+    let r = u3.buy("u3", "e1", "g1");
+    r.assert(503, 1004, "busy", "keep-alive");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // u2 again while its first attempt is queued: 1004 from memory.
+    let r = s.client().buy("u2", "e1", "g1");
+    r.assert(503, 1004, "busy", "keep-alive");
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    u1.read().assert(200, 0, "ok", "close");
+    u2.read().assert(200, 0, "ok", "close");
+    // Share 4, two sold, u3's unit back: two more wins.
+    s.client()
+        .buy("u4", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    s.client()
+        .buy("u5", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    assert_eq!(redis.stock("e1", "g1"), Some(0));
+}

@@ -1,0 +1,495 @@
+//! Test harness: a private `redis-server`, `seckill serve` child processes,
+//! and a raw HTTP client. Real sockets and real processes only.
+//!
+//! - `RedisServer`: a free loopback port, its own temp dir, `--save ""`, ready
+//!   when PING answers; killed and waited for by PID on drop. The free-port
+//!   trick races with other tests, so start-up is retried on a bind failure.
+//! - `Seckill`: the real binary with a config written to a temp dir; its
+//!   ports come from the line it prints on stdout (it binds port 0).
+//! - `Client`: one TCP connection with read and write timeouts, so a bug
+//!   fails the test instead of hanging it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Every socket read or write in a test gives up after this.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SECRET: &str = "test-secret";
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A private redis-server.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(child) = Self::spawn(dir.path(), port) {
+                return RedisServer { child, port, dir };
+            }
+        }
+        panic!("redis-server did not start; log:\n{}", read_log(dir.path()));
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Option<Child> {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None; // exited: most likely the port was taken
+            }
+            if ping(port) {
+                return Some(child);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Restarts on the same port (after `stop`), empty.
+    pub fn restart(&mut self) {
+        let child = Self::spawn(self.dir.path(), self.port).unwrap_or_else(|| {
+            panic!(
+                "redis-server did not restart; log:\n{}",
+                read_log(self.dir.path())
+            )
+        });
+        self.child = child;
+    }
+
+    /// Stops it (SIGKILL) and waits.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let conn = client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .expect("redis connection");
+        conn.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        conn
+    }
+
+    /// Runs one command and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    /// Writes an event the way other tools do (SPEC §3): stock keys and the
+    /// event JSON, without going through the admin API.
+    pub fn seed(&self, event_id: &str, goods: &[(&str, i64)], start_at: u64, end_at: u64) {
+        let mut list = Vec::new();
+        for (g, stock) in goods {
+            let _: () = self.cmd(&[
+                "SET",
+                &format!("seckill:{{{event_id}:{g}}}:stock"),
+                &stock.to_string(),
+            ]);
+            list.push(
+                serde_json::json!({"goods_id": g, "name": g, "price_cents": 100, "stock": stock}),
+            );
+        }
+        let event = serde_json::json!({"event_id": event_id, "name": "test", "start_at": start_at, "end_at": end_at, "goods": list});
+        let _: () = self.cmd(&["HSET", "seckill:events", event_id, &event.to_string()]);
+        let _: i64 = self.cmd(&["PUBLISH", "seckill:events:changed", "seeded"]);
+    }
+
+    pub fn stock(&self, e: &str, g: &str) -> Option<i64> {
+        self.cmd(&["GET", &format!("seckill:{{{e}:{g}}}:stock")])
+    }
+
+    pub fn hlen_buyers(&self, e: &str, g: &str) -> i64 {
+        self.cmd(&["HLEN", &format!("seckill:{{{e}:{g}}}:buyers")])
+    }
+
+    pub fn xlen_orders(&self, e: &str, g: &str) -> i64 {
+        self.cmd(&["XLEN", &format!("seckill:{{{e}:{g}}}:orders")])
+    }
+
+    pub fn log(&self) -> String {
+        read_log(self.dir.path())
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `seckill serve` child process.
+pub struct Seckill {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+/// The config every test server starts from; `extra` is TOML appended
+/// section by section (later keys of the same section are merged by hand).
+pub fn config(redis: &RedisServer, server: &str, queue: &str, stock: &str) -> String {
+    format!(
+        "[server]\nbind = \"127.0.0.1:0\"\nthreads = 2\n{server}\n\
+         [admin]\nbind = \"127.0.0.1:0\"\nkey = \"{ADMIN_KEY}\"\n\
+         [auth]\nsecret = \"{SECRET}\"\n\
+         [redis]\nurl = \"{}\"\n\
+         [queue.shop]\ntype = \"memory\"\n{queue}\n\
+         [stock]\n{stock}\n",
+        redis.url()
+    )
+}
+
+impl Seckill {
+    pub fn start(config_text: &str) -> Seckill {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config_text).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seckill"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn seckill");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(IO_TIMEOUT).unwrap_or_default();
+        let addrs: Vec<SocketAddr> = line
+            .split("http://")
+            .skip(1)
+            .filter_map(|s| s.split([' ', ')', '\n']).next())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        if addrs.len() != 2 {
+            let _ = child.kill();
+            panic!("seckill did not start: printed {line:?}");
+        }
+        Seckill {
+            child,
+            addr: addrs[0],
+            admin: addrs[1],
+            dir,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn admin_client(&self) -> Client {
+        Client::connect(self.admin)
+    }
+
+    /// Waits (polling, up to `within`) until `/event/info` shows the event.
+    pub fn wait_for_event(&self, event_id: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let r = self
+                .client()
+                .get(&format!("/event/info?event_id={event_id}"), None);
+            if r.code() == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit, returning its status code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().ok()?;
+        status.code()
+    }
+}
+
+impl Drop for Seckill {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A user token, minted the way `seckill token` does.
+pub fn token(uid: &str) -> String {
+    token_exp(uid, now_s() + 3600)
+}
+
+pub fn token_exp(uid: &str, exp: u64) -> String {
+    seckill::auth::Signer::new(SECRET.as_bytes()).mint(uid, exp)
+}
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn code(&self) -> i64 {
+        self.json()["code"].as_i64().expect("code")
+    }
+
+    /// Asserts status, code, msg and the Connection header at once.
+    pub fn assert(&self, status: u16, code: i64, msg: &str, connection: &str) {
+        let j = self.json();
+        assert_eq!(
+            (
+                self.status,
+                j["code"].as_i64(),
+                j["msg"].as_str(),
+                self.header("connection")
+            ),
+            (status, Some(code), Some(msg), Some(connection)),
+            "response: {self:?} body {j}"
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+    }
+}
+
+/// One client connection with timeouts.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write request");
+    }
+
+    /// Reads one response; None if the server closed first.
+    pub fn try_read(&mut self) -> Option<Response> {
+        loop {
+            if let Some(r) = self.parse_buffered() {
+                return Some(r);
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read response: {e}"),
+            }
+        }
+    }
+
+    pub fn read(&mut self) -> Response {
+        self.try_read()
+            .expect("a response before the server closed")
+    }
+
+    fn parse_buffered(&mut self) -> Option<Response> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let head_len = match resp.parse(&self.buf).expect("a valid HTTP response") {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => return None,
+        };
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse().expect("numeric Content-Length"))
+            .expect("every response has Content-Length");
+        if self.buf.len() < head_len + len {
+            return None;
+        }
+        let status = resp.code.expect("status");
+        let body = self.buf[head_len..head_len + len].to_vec();
+        self.buf.drain(..head_len + len);
+        Some(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// True when the server has closed the connection (EOF, or reset).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0))
+            || matches!(self.stream.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> Response {
+        self.send(&raw(method, path, auth, body, ""));
+        self.read()
+    }
+
+    pub fn get(&mut self, path: &str, auth: Option<&str>) -> Response {
+        self.request("GET", path, auth, None)
+    }
+
+    /// `PUT /shop/cart/add` for `uid` (token minted here).
+    pub fn buy(&mut self, uid: &str, event_id: &str, goods_id: &str) -> Response {
+        let body = format!(r#"{{"event_id":"{event_id}","goods_id":"{goods_id}"}}"#);
+        self.request(
+            "PUT",
+            "/shop/cart/add",
+            Some(&format!("Bearer {}", token(uid))),
+            Some(&body),
+        )
+    }
+}
+
+/// A request's bytes; `extra` is more header lines, each ending in \r\n.
+pub fn raw(
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+    extra: &str,
+) -> Vec<u8> {
+    let mut s = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{extra}");
+    if let Some(a) = auth {
+        s.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "PUT" || method == "POST" {
+        s.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    s.push_str("\r\n");
+    s.push_str(body);
+    s.into_bytes()
+}
+
+/// A cart-add request's bytes for `uid`.
+pub fn buy_bytes(uid: &str, event_id: &str, goods_id: &str, extra: &str) -> Vec<u8> {
+    let body = format!(r#"{{"event_id":"{event_id}","goods_id":"{goods_id}"}}"#);
+    raw(
+        "PUT",
+        "/shop/cart/add",
+        Some(&format!("Bearer {}", token(uid))),
+        Some(&body),
+        extra,
+    )
+}
