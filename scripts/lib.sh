@@ -1,0 +1,17 @@
+# Shared helpers for scripts/*.sh (sourced, not run).
+
+# need CMD PACKAGE...: installs Debian packages when CMD is missing (as root).
+need() {
+  local cmd=$1
+  shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "$0: '$cmd' is missing; install: apt-get install -y $*" >&2
+    exit 1
+  fi
+  echo "$0: installing $* (for '$cmd')" >&2
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  fi
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one gate, for a newcomer and for CI alike: formatting, lints, every
+# test (unit, and integration against a private redis-server each test
+# starts itself), and the docs with warnings denied.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+need redis-server redis-server
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets
+echo "== cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+echo "== all checks passed"
