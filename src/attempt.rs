@@ -36,6 +36,11 @@ struct Body<'a> {
 
 /// The ids of a cart-add body, borrowed from it.
 pub fn parse_ids(body: &[u8]) -> Result<(&str, &str), BadAttempt> {
+    // serde's derived struct also accepts a JSON array of the fields in
+    // order (`["e1","g1"]`); the SPEC's body is an object, nothing else.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(BadAttempt);
+    }
     // Borrowed &str fields refuse escaped strings, which no valid id needs.
     let b: Body<'_> = serde_json::from_slice(body).map_err(|_| BadAttempt)?;
     if valid_id(b.event_id.as_bytes()) && valid_id(b.goods_id.as_bytes()) {
@@ -68,6 +73,7 @@ mod tests {
             b"",
             b"null",
             b"[]",
+            br#"["e1","g1"]"#,
             b"{",
             br#"{"event_id":"e1"}"#,
             br#"{"event_id":1,"goods_id":"g1"}"#,
