@@ -37,11 +37,19 @@ pub enum ReadOutcome {
     Failed,
 }
 
-/// One connection.
+/// One connection: its socket and its buffers.
 #[derive(Debug)]
 pub struct Conn {
     /// The socket, registered with the loop's poll.
     pub stream: TcpStream,
+    /// Everything but the socket.
+    pub bufs: Buffers,
+}
+
+/// A connection's bytes and timers, without its socket: what the
+/// bytes-in -> bytes-out path works on (and what a fuzzer can drive).
+#[derive(Debug)]
+pub struct Buffers {
     /// Bytes read; the unparsed part starts at `read_start`.
     pub inbuf: Vec<u8>,
     /// Start of the first unparsed byte in `inbuf`.
@@ -60,11 +68,10 @@ pub struct Conn {
     pub peer_closed: bool,
 }
 
-impl Conn {
-    /// A fresh connection.
-    pub fn new(stream: TcpStream, now: Instant) -> Self {
-        Conn {
-            stream,
+impl Buffers {
+    /// Empty buffers.
+    pub fn new(now: Instant) -> Self {
+        Buffers {
             inbuf: Vec::new(),
             read_start: 0,
             out: Vec::new(),
@@ -86,41 +93,6 @@ impl Conn {
         self.out.len() - self.out_pos
     }
 
-    /// Reads one chunk (retrying `Interrupted`).
-    pub fn read_some(&mut self, now: Instant) -> ReadOutcome {
-        if self.read_start > 0 {
-            self.inbuf.drain(..self.read_start);
-            self.read_start = 0;
-        }
-        let len = self.inbuf.len();
-        self.inbuf.resize(len + READ_CHUNK, 0);
-        loop {
-            match self.stream.read(&mut self.inbuf[len..]) {
-                Ok(0) => {
-                    self.inbuf.truncate(len);
-                    return ReadOutcome::Eof;
-                }
-                Ok(n) => {
-                    self.inbuf.truncate(len + n);
-                    self.active_at = now;
-                    if len == 0 {
-                        self.began_at = Some(now);
-                    }
-                    return ReadOutcome::Data;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.inbuf.truncate(len);
-                    return if e.kind() == ErrorKind::WouldBlock {
-                        ReadOutcome::WouldBlock
-                    } else {
-                        ReadOutcome::Failed
-                    };
-                }
-            }
-        }
-    }
-
     /// Marks `len` parsed bytes as used; the next request, if any, begins now.
     pub fn consume(&mut self, len: usize, now: Instant) {
         self.read_start += len;
@@ -131,25 +103,6 @@ impl Conn {
         } else {
             self.began_at = Some(now);
         }
-    }
-
-    /// Writes what the socket takes. Err means the peer is gone.
-    pub fn flush(&mut self, now: Instant) -> std::io::Result<()> {
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out_pos += n;
-                    self.active_at = now;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        self.out.clear();
-        self.out_pos = 0;
-        Ok(())
     }
 
     /// The unflushed answer bytes, taken (for a hijack).
@@ -170,5 +123,71 @@ impl Conn {
         } else {
             (self.active_at + keepalive_timeout, false)
         }
+    }
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub fn new(stream: TcpStream, now: Instant) -> Self {
+        Conn {
+            stream,
+            bufs: Buffers::new(now),
+        }
+    }
+
+    /// Reads one chunk (retrying `Interrupted`).
+    pub fn read_some(&mut self, now: Instant) -> ReadOutcome {
+        let b = &mut self.bufs;
+        if b.read_start > 0 {
+            b.inbuf.drain(..b.read_start);
+            b.read_start = 0;
+        }
+        let len = b.inbuf.len();
+        b.inbuf.resize(len + READ_CHUNK, 0);
+        loop {
+            match self.stream.read(&mut b.inbuf[len..]) {
+                Ok(0) => {
+                    b.inbuf.truncate(len);
+                    return ReadOutcome::Eof;
+                }
+                Ok(n) => {
+                    b.inbuf.truncate(len + n);
+                    b.active_at = now;
+                    if len == 0 {
+                        b.began_at = Some(now);
+                    }
+                    return ReadOutcome::Data;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    b.inbuf.truncate(len);
+                    return if e.kind() == ErrorKind::WouldBlock {
+                        ReadOutcome::WouldBlock
+                    } else {
+                        ReadOutcome::Failed
+                    };
+                }
+            }
+        }
+    }
+
+    /// Writes what the socket takes. Err means the peer is gone.
+    pub fn flush(&mut self, now: Instant) -> std::io::Result<()> {
+        let b = &mut self.bufs;
+        while b.out_pos < b.out.len() {
+            match self.stream.write(&b.out[b.out_pos..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    b.out_pos += n;
+                    b.active_at = now;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        b.out.clear();
+        b.out_pos = 0;
+        Ok(())
     }
 }

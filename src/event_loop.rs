@@ -39,7 +39,7 @@ use slab::Slab;
 
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::conn::{Conn, ReadOutcome, OUT_HIGH};
+use crate::conn::{Buffers, Conn, ReadOutcome, OUT_HIGH};
 use crate::hijack::{Drain, Hijacked};
 use crate::http::parse::{self, HttpError, Limits, Parsed};
 use crate::http::response::{self, DateCache, Extra};
@@ -80,6 +80,66 @@ pub struct EventLoop<S: Service> {
     drain: Drain,
     stop: Arc<AtomicBool>,
     metrics: Metrics,
+}
+
+/// What `answer_buffered` did.
+#[derive(Debug)]
+pub enum Progress<C> {
+    /// Nothing complete to answer: read more.
+    Idle,
+    /// Answered at least one request (or refused bad bytes): flush, go on.
+    Answered,
+    /// The service claimed the connection.
+    Hijack(C),
+}
+
+/// The loop's bytes-in -> bytes-out step, without a socket: answers every
+/// complete request buffered in `bufs`, in order, into `bufs.out`. Stops at
+/// a partial request, at a close (a bad request is answered with its 4xx and
+/// `Connection: close`), at a hijack, or while more than `OUT_HIGH` bytes
+/// wait to be flushed.
+pub fn answer_buffered<S: Service>(
+    bufs: &mut Buffers,
+    service: &mut S,
+    limits: &Limits,
+    now: Now<'_>,
+    metrics: &Metrics,
+) -> Progress<S::Claim> {
+    let mut progress = Progress::Idle;
+    while !bufs.closing && bufs.pending_out() <= OUT_HIGH && !bufs.unparsed().is_empty() {
+        let Buffers {
+            inbuf,
+            read_start,
+            out,
+            ..
+        } = &mut *bufs;
+        let parsed = parse::parse(&inbuf[*read_start..], limits);
+        let (handled, len) = match parsed {
+            Ok(Parsed::Partial) => break,
+            Ok(Parsed::Complete { request, len }) => (service.handle(&request, now, out), len),
+            Err(e) => {
+                let code = match e {
+                    HttpError::Malformed => Code::BadRequest,
+                    HttpError::HeadTooLarge => Code::HeaderTooLarge,
+                    HttpError::BodyTooLarge => Code::PayloadTooLarge,
+                };
+                metrics.count(RouteLabel::None, code);
+                response::write_json(out, code, None, false, now.date, Extra::None);
+                bufs.closing = true;
+                return Progress::Answered;
+            }
+        };
+        progress = Progress::Answered;
+        match handled {
+            Handled::KeepOpen => bufs.consume(len, now.at),
+            Handled::Close => {
+                bufs.consume(len, now.at);
+                bufs.closing = true;
+            }
+            Handled::Hijack(claim) => return Progress::Hijack(claim),
+        }
+    }
+    progress
 }
 
 /// What to do with a connection after driving it.
@@ -231,68 +291,38 @@ impl<S: Service> EventLoop<S> {
             if conn.flush(now).is_err() {
                 return Next::Close;
             }
-            if conn.closing || conn.peer_closed {
+            let b = &conn.bufs;
+            if b.closing || b.peer_closed {
                 // Nothing more will be parsed: close once everything is out.
-                return if conn.pending_out() == 0 {
+                return if b.pending_out() == 0 {
                     Next::Close
                 } else {
                     Next::Keep
                 };
             }
-            if conn.pending_out() > OUT_HIGH {
+            if b.pending_out() > OUT_HIGH {
                 return Next::Keep; // rule 1: resume on the writable event
             }
-            // Answer every complete request already buffered, in order.
-            let mut answered = false;
-            while !conn.closing && conn.pending_out() <= OUT_HIGH && !conn.unparsed().is_empty() {
-                let handled = {
-                    let Conn {
-                        inbuf,
-                        read_start,
-                        out,
-                        ..
-                    } = &mut *conn;
-                    match parse::parse(&inbuf[*read_start..], &limits) {
-                        Ok(Parsed::Partial) => break,
-                        Ok(Parsed::Complete { request, len }) => {
-                            let now = Now {
-                                at: now,
-                                unix_s,
-                                date,
-                            };
-                            let h = self.service.handle(&request, now, out);
-                            Ok((h, len))
-                        }
-                        Err(e) => Err(e),
-                    }
-                };
-                answered = true;
-                match handled {
-                    Ok((Handled::KeepOpen, len)) => conn.consume(len, now),
-                    Ok((Handled::Close, len)) => {
-                        conn.consume(len, now);
-                        conn.closing = true;
-                    }
-                    Ok((Handled::Hijack(claim), _)) => return Next::Hijack(claim),
-                    Err(e) => {
-                        let code = match e {
-                            HttpError::Malformed => Code::BadRequest,
-                            HttpError::HeadTooLarge => Code::HeaderTooLarge,
-                            HttpError::BodyTooLarge => Code::PayloadTooLarge,
-                        };
-                        self.metrics.count(RouteLabel::None, code);
-                        response::write_json(&mut conn.out, code, None, false, date, Extra::None);
-                        conn.closing = true;
-                    }
-                }
-            }
-            if answered {
-                continue; // flush what was answered before reading more
+            let at = Now {
+                at: now,
+                unix_s,
+                date,
+            };
+            match answer_buffered(
+                &mut conn.bufs,
+                &mut self.service,
+                &limits,
+                at,
+                &self.metrics,
+            ) {
+                Progress::Hijack(claim) => return Next::Hijack(claim),
+                Progress::Answered => continue, // flush before reading more
+                Progress::Idle => {}
             }
             match conn.read_some(now) {
                 ReadOutcome::Data => {}
                 ReadOutcome::WouldBlock => return Next::Keep,
-                ReadOutcome::Eof => conn.peer_closed = true,
+                ReadOutcome::Eof => conn.bufs.peer_closed = true,
                 ReadOutcome::Failed => return Next::Close,
             }
         }
@@ -306,7 +336,7 @@ impl<S: Service> EventLoop<S> {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.metrics.connections(-1);
-        let out = conn.take_out();
+        let out = conn.bufs.take_out();
         let stream = std::net::TcpStream::from(conn.stream);
         self.service
             .hijack(Hijacked::new(stream, out, self.drain.clone()), claim);
@@ -327,14 +357,14 @@ impl<S: Service> EventLoop<S> {
         let date = self.date.get(unix_s);
         let mut expired = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
-            let (deadline, half_read) = conn.deadline(read_timeout, keepalive);
+            let (deadline, half_read) = conn.bufs.deadline(read_timeout, keepalive);
             if now < deadline {
                 continue;
             }
-            if half_read && !conn.closing {
+            if half_read && !conn.bufs.closing {
                 self.metrics.count(RouteLabel::None, Code::ReadTimeout);
                 response::write_json(
-                    &mut conn.out,
+                    &mut conn.bufs.out,
                     Code::ReadTimeout,
                     None,
                     false,
@@ -351,15 +381,23 @@ impl<S: Service> EventLoop<S> {
     }
 
     /// Stops accepting and closes every idle connection; the rest may finish
-    /// within `STOP_GRACE`.
+    /// within `STOP_GRACE`. A request that already reached this host is not
+    /// dropped: the backlog is accepted and every connection read once
+    /// first, so bytes waiting in the kernel are answered (or hijacked)
+    /// before "idle" is judged.
     fn begin_stop(&mut self) {
+        self.accept();
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.drive(key);
         }
         let idle: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.unparsed().is_empty() && c.pending_out() == 0)
+            .filter(|(_, c)| c.bufs.unparsed().is_empty() && c.bufs.pending_out() == 0)
             .map(|(k, _)| k)
             .collect();
         for key in idle {

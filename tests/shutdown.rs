@@ -1,0 +1,81 @@
+//! SIGTERM mid-sale (issue 3, SPEC §6.3): stop accepting, answer every
+//! queued task (a sale, or 1003 past its deadline), close idle keep-alive
+//! connections, exit 0 within `request_timeout_ms` + 1 s.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{buy_bytes, config, Client, RedisServer, Seckill};
+
+const FAR: u64 = 4_102_444_800;
+const CLIENTS: usize = 300;
+
+fn queue_depth(s: &Seckill) -> usize {
+    let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
+    m.lines()
+        .find_map(|l| l.strip_prefix("seckill_queue_depth "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigterm_answers_every_queued_task_and_exits_0_in_time() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 1000)], 0, FAR);
+    // A slow queue: 20 sales a second, so hundreds wait.
+    let s = Seckill::start(&config(
+        &redis,
+        "request_timeout_ms = 2000",
+        "rate = 20\nburst = 1\nsize = 1000",
+        "nodes = 1\nfactor = 1.0",
+    ));
+    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let mut idle = s.client();
+    idle.get("/healthz", None)
+        .assert(200, 0, "ok", "keep-alive");
+
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = s.client();
+            c.send(&buy_bytes(&format!("u{i}"), "e1", "g1", ""));
+            c
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_depth(&s) < 250 {
+        assert!(Instant::now() < deadline, "the queue never filled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let started = Instant::now();
+    let code = s.terminate();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "exit status");
+    assert!(
+        took < Duration::from_millis(3000),
+        "exited in {took:?}, more than request_timeout + 1 s"
+    );
+
+    let mut codes = std::collections::BTreeMap::new();
+    for c in &mut clients {
+        let r = c
+            .try_read()
+            .expect("every queued client gets a complete answer");
+        assert_eq!(r.header("connection"), Some("close"));
+        *codes.entry(r.code()).or_insert(0) += 1;
+    }
+    eprintln!("answers at shutdown: {codes:?}");
+    assert!(codes.keys().all(|c| *c == 0 || *c == 1003), "{codes:?}");
+    assert_eq!(codes.values().sum::<usize>(), CLIENTS);
+    let sold = redis.hlen_buyers("e1", "g1");
+    assert_eq!(
+        codes.get(&0).copied().unwrap_or(0) as i64,
+        sold,
+        "every sale was answered as a win"
+    );
+    assert!(
+        idle.try_read().is_none(),
+        "the idle keep-alive connection was closed"
+    );
+}
