@@ -27,6 +27,7 @@
 //! - [`http::response`] 8: `Code` + JSON -> bytes, written to the socket.
 //!
 //! Beside the path: [`codes`] (the SPEC's code table), [`config`],
+//! [`breaker`] (Redis circuit breaker), [`blacklist`] (4003),
 //! [`clock`], [`keys`] (every Redis key), [`catalog`] (events, Redis ->
 //! memory), [`admin`], [`lookup`] (`/shop/result`), [`metrics`],
 //! [`service`] (what a loop hands requests to), [`serve`] (wiring).
@@ -51,6 +52,8 @@ pub mod stock;
 pub mod worker;
 
 pub mod admin;
+pub mod blacklist;
+pub mod breaker;
 pub mod catalog;
 pub mod clock;
 pub mod codes;

@@ -136,8 +136,9 @@ impl Metrics {
         self.0.open_connections.load(Ordering::Relaxed)
     }
 
-    /// The exposition text; `queue_depth` is read by the caller.
-    pub fn render(&self, queue_depth: usize) -> String {
+    /// The exposition text; the queue depth and breaker state are read by
+    /// the caller, who owns those handles.
+    pub fn render(&self, queue_depth: usize, breaker_open: bool) -> String {
         let m = &self.0;
         let mut s = String::with_capacity(4096);
         s.push_str(
@@ -201,6 +202,11 @@ impl Metrics {
             m.rtt_sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "seckill_redis_round_trip_seconds_count {count}");
+        let _ = writeln!(
+            s,
+            "# HELP seckill_breaker_open 1 while the Redis circuit breaker is open.\n# TYPE seckill_breaker_open gauge\nseckill_breaker_open {}",
+            u8::from(breaker_open)
+        );
         s
     }
 }

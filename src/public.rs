@@ -7,9 +7,10 @@
 //! result question (to the lookup thread).
 //!
 //! Order of checks for a cart-add, cheapest and least revealing first:
-//! route (404/405) -> token (4001) -> body and ids (4000) -> event and
-//! goods (4004) -> window (1006/1007) -> memory stock (1001, 1005, 1004) ->
-//! queue full (1004) -> hijack. Everything before the hijack keeps the
+//! route (404/405) -> token (4001) -> blacklist (4003) -> body and ids
+//! (4000) -> event and goods (4004) -> window (1006/1007) -> memory stock
+//! (1001, 1005, 1004) -> breaker open (1002) -> queue full (1004) -> hijack.
+//! "No stock" known from memory is answered even while Redis is down. Everything before the hijack keeps the
 //! connection open (unless the SPEC closes after the code, or the client
 //! asked to close).
 //! Never: waits on Redis; the loop thread only reads memory.
@@ -19,6 +20,8 @@ use std::time::Instant;
 
 use crate::attempt::{self, Attempt};
 use crate::auth::{valid_id, Signer};
+use crate::blacklist::Blacklist;
+use crate::breaker::Breaker;
 use crate::catalog::Catalog;
 use crate::codes::Code;
 use crate::hijack::{Hijacked, Task};
@@ -67,6 +70,10 @@ pub struct Public {
     pub queue: Arc<dyn Producer>,
     /// The `/shop/result` thread.
     pub lookup: Lookup,
+    /// Redis circuit breaker (shared with the worker).
+    pub breaker: Breaker,
+    /// Blocked uids.
+    pub blacklist: Blacklist,
     /// Counters.
     pub metrics: Metrics,
 }
@@ -91,6 +98,9 @@ impl Public {
     fn cart_add(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Answer> {
         let plain = |code| (code, None, Extra::None);
         let uid = self.verify(req, now)?;
+        if self.blacklist.contains(uid) {
+            return Err(plain(Code::Blocked));
+        }
         let (event_id, goods_id) =
             attempt::parse_ids(req.body).map_err(|_| plain(Code::BadRequest))?;
         let snap = self.catalog.snapshot();
@@ -112,8 +122,11 @@ impl Public {
             Take::Queued => return Err((Code::Busy, None, Extra::RetryAfter)),
             Take::Unknown => return Err(plain(Code::NotFound)),
         };
+        // Each refusal below drops the lease, which gives the unit back.
+        if !self.breaker.admit(now.at) {
+            return Err(plain(Code::RedisError));
+        }
         if self.queue.is_full() {
-            // The lease's drop gives the unit back.
             return Err((Code::Busy, None, Extra::RetryAfter));
         }
         Ok(Claim::Sale {
@@ -196,7 +209,10 @@ impl Service for Public {
             Ok(Route::Readyz) => (Code::NotReady, None, Extra::None),
             Ok(Route::Metrics) => {
                 self.metrics.count(lbl, Code::Ok);
-                let body = self.metrics.render(self.queue.depth());
+                let mut body = self
+                    .metrics
+                    .render(self.queue.depth(), self.breaker.is_open());
+                self.stock.write_metrics(&mut body);
                 response::write_raw(
                     out,
                     "text/plain; version=0.0.4",

@@ -15,11 +15,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin::Admin;
 use crate::auth::Signer;
+use crate::blacklist::Blacklist;
+use crate::breaker::Breaker;
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, Refresher};
 use crate::clock::Clock;
@@ -89,6 +92,17 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         .spawn(stop.clone())
         .map_err(|e| format!("catalog thread: {e}"))?;
 
+    let blacklist = Blacklist::new();
+    if let Some(path) = config.blacklist_path() {
+        blacklist
+            .watch(path, stop.clone())
+            .map_err(|e| format!("blacklist thread: {e}"))?;
+    }
+    let breaker = Breaker::new(
+        config.breaker.failures,
+        Duration::from_millis(config.breaker.probe_ms),
+    );
+
     let queue_cfg = config.shop_queue();
     let (producer, consumer) = queue::open(SHOP_QUEUE, &queue_cfg)?;
     let deducter =
@@ -99,6 +113,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         deducter,
         clock.clone(),
         config.server.request_timeout(),
+        breaker.clone(),
         metrics.clone(),
     );
     let worker = std::thread::Builder::new()
@@ -149,6 +164,8 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
             stock: stock.clone(),
             queue: producer.clone(),
             lookup: lookup.clone(),
+            breaker: breaker.clone(),
+            blacklist: blacklist.clone(),
             metrics: metrics.clone(),
         };
         let ev = EventLoop::new(

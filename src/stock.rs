@@ -152,6 +152,22 @@ impl Stock {
         goods.retain(|_, by_goods| !by_goods.is_empty());
     }
 
+    /// Appends `seckill_stock_share{event,goods}` gauges for `/metrics`.
+    pub fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str("# HELP seckill_stock_share This node's memory share left, by goods.\n");
+        out.push_str("# TYPE seckill_stock_share gauge\n");
+        for (event_id, by_goods) in self.goods.read().iter() {
+            for (goods_id, share) in by_goods {
+                let left = share.left.load(Ordering::Acquire);
+                let _ = writeln!(
+                    out,
+                    "seckill_stock_share{{event=\"{event_id}\",goods=\"{goods_id}\"}} {left}"
+                );
+            }
+        }
+    }
+
     /// What is left of this node's share, if it knows the goods.
     pub fn left(&self, event_id: &str, goods_id: &str) -> Option<i64> {
         Some(self.share(event_id, goods_id)?.left.load(Ordering::Acquire))

@@ -13,6 +13,10 @@
 //!    purchased -> 1005; not found -> 4004; Redis failed -> 1002. Every
 //!    outcome but "won" and "no stock" gives the unit back (the lease's drop).
 //!
+//! While the breaker is open, tasks already queued get 1002 without a Redis
+//! call, except the one probe per `probe_ms`; every call's outcome is
+//! recorded, so a good probe closes it.
+//!
 //! Invariants: every task popped is answered exactly once (`Hijacked` answers
 //! 1002 if dropped); the worker never blocks on a client (answers are written
 //! non-blocking, the rest goes to the drain thread); when the queue closes
@@ -22,6 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::breaker::Breaker;
 use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::codes::Code;
@@ -37,6 +42,7 @@ pub struct Worker {
     deducter: Deducter,
     clock: Arc<dyn Clock>,
     request_timeout: Duration,
+    breaker: Breaker,
     metrics: Metrics,
 }
 
@@ -48,6 +54,7 @@ impl Worker {
         deducter: Deducter,
         clock: Arc<dyn Clock>,
         request_timeout: Duration,
+        breaker: Breaker,
         metrics: Metrics,
     ) -> Self {
         Worker {
@@ -56,6 +63,7 @@ impl Worker {
             deducter,
             clock,
             request_timeout,
+            breaker,
             metrics,
         }
     }
@@ -97,9 +105,17 @@ impl Worker {
         }
         self.metrics.token_spent();
         let started = self.clock.now();
+        if !self.breaker.try_call(started) {
+            // Open, and this is not the probe: no Redis call, stock back.
+            drop(lease);
+            self.metrics.count_sale(Code::RedisError);
+            return conn.answer(Code::RedisError, None);
+        }
         let result = self.deducter.deduct(&attempt, self.clock.unix_ms());
+        let done = self.clock.now();
+        self.breaker.record(result.is_ok(), done);
         self.metrics
-            .redis_round_trip(self.clock.now().saturating_duration_since(started));
+            .redis_round_trip(done.saturating_duration_since(started));
         let code = match result {
             Ok(DeductOutcome::Won {
                 order_id,

@@ -579,3 +579,56 @@ fn token_command_prints_tokens_the_server_accepts() {
         );
     }
 }
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_move_with_traffic() {
+    let (_redis, s) = setup(&[("g1", 5), ("g0", 0)]);
+    let scrape = || String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
+    let before = scrape();
+    let mut kept = s.client();
+    kept.buy("a", "e1", "g0")
+        .assert(200, 1001, "no stock", "keep-alive");
+    kept.buy("b", "e1", "g0")
+        .assert(200, 1001, "no stock", "keep-alive");
+    s.client()
+        .buy("c", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    let after = scrape();
+    let no_stock = "seckill_responses_total{route=\"cart_add\",code=\"1001\"}";
+    assert_eq!(
+        metric(&after, no_stock) - metric(&before, no_stock),
+        2.0,
+        "{after}"
+    );
+    let won = "seckill_worker_responses_total{code=\"0\"}";
+    assert_eq!(metric(&after, won) - metric(&before, won), 1.0);
+    assert_eq!(
+        metric(&after, "seckill_tokens_spent_total")
+            - metric(&before, "seckill_tokens_spent_total"),
+        1.0
+    );
+    let rtt = "seckill_redis_round_trip_seconds_count";
+    assert_eq!(metric(&after, rtt) - metric(&before, rtt), 1.0);
+    assert!(
+        metric(&after, "seckill_open_connections") >= 2.0,
+        "the kept and the scraping connection"
+    );
+    assert_eq!(metric(&after, "seckill_queue_depth"), 0.0);
+    assert_eq!(metric(&after, "seckill_breaker_open"), 0.0);
+    assert_eq!(
+        metric(&after, "seckill_stock_share{event=\"e1\",goods=\"g1\"}"),
+        4.0
+    );
+    for line in after.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("seckill_"), "{line}");
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+}

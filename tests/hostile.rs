@@ -1,0 +1,261 @@
+//! Hostile input is normal input (issue 3, SPEC §6.5): a battery of
+//! malformed and hostile requests, each on its own connection with its
+//! expected outcome, each followed by a normal request that must still be
+//! served; slow clients; thousands of idle connections; `max_connections`.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use support::{config, now_s, raw, token, token_exp, Client, RedisServer, Seckill, SECRET};
+
+const FAR: u64 = 4_102_444_800;
+
+/// What a hostile request must get.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// This status and code; `close` says whether the server then closes.
+    Answer(u16, i64, bool),
+    /// The server closes without an answer.
+    Closed,
+}
+use Want::*;
+
+fn server(redis: &RedisServer, extra_server: &str) -> Seckill {
+    let text = config(
+        redis,
+        &format!("max_header_bytes = 1024\nmax_body_bytes = 256\n{extra_server}"),
+        "rate = 0",
+        "nodes = 1\nfactor = 1.0",
+    );
+    let s = Seckill::start(&text);
+    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    s
+}
+
+fn cart(auth: &str, body: &str) -> Vec<u8> {
+    raw("PUT", "/shop/cart/add", Some(auth), Some(body), "")
+}
+
+fn non_utf8_body(bearer: &str) -> Vec<u8> {
+    let body = b"{\"event_id\":\"e\xff\xfe\",\"goods_id\":\"g0\"}";
+    let mut bytes = format!(
+        "PUT /shop/cart/add HTTP/1.1\r\nAuthorization: {bearer}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn battery() -> Vec<(&'static str, Vec<u8>, Want)> {
+    let bearer = format!("Bearer {}", token("alice"));
+    let ok_body = r#"{"event_id":"e1","goods_id":"g0"}"#;
+    let sig = token("alice")
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let exp = now_s() + 60;
+    let ids = |e: &str, g: &str| {
+        cart(
+            &bearer,
+            &format!(r#"{{"event_id":"{e}","goods_id":"{g}"}}"#),
+        )
+    };
+    vec![
+        ("garbage line", b"hello world\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("binary junk", vec![0, 1, 2, 3, 255, 254, b'\r', b'\n', b'\r', b'\n'], Answer(400, 4000, true)),
+        ("http2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("request line without target", b"GET\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("request line with extra field", b"GET /healthz HTTP/1.1 x\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("unknown version", b"GET /healthz HTTP/9.9\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("version 2", b"GET /healthz HTTP/2\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("lowercase method", b"get /healthz HTTP/1.1\r\n\r\n".to_vec(), Answer(405, 4005, false)),
+        ("unknown method", b"BREW /healthz HTTP/1.1\r\n\r\n".to_vec(), Answer(405, 4005, false)),
+        ("absolute uri", b"GET http://x/healthz HTTP/1.1\r\n\r\n".to_vec(), Answer(404, 4004, false)),
+        ("path traversal", b"GET /../healthz HTTP/1.1\r\n\r\n".to_vec(), Answer(404, 4004, false)),
+        ("nul in path", b"GET /heal\0thz HTTP/1.1\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("non-utf8 path", b"GET /\xff\xfe HTTP/1.1\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("nul in header value", b"GET /healthz HTTP/1.1\r\nX: a\0b\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("non-utf8 header value", b"GET /healthz HTTP/1.1\r\nX: \xff\xfe\r\n\r\n".to_vec(), Answer(200, 0, false)),
+        ("header without colon", b"GET /healthz HTTP/1.1\r\nNoColon\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("space before colon", b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("oversize head", raw("GET", "/healthz", None, None, &format!("X: {}\r\n", "a".repeat(2000))), Answer(431, 4031, true)),
+        ("thousands of headers", raw("GET", "/healthz", None, None, &"A: b\r\n".repeat(3000)), Answer(431, 4031, true)),
+        ("too many small headers", raw("GET", "/healthz", None, None, &"A: b\r\n".repeat(60)), Answer(431, 4031, true)),
+        ("oversize body", cart(&bearer, &"x".repeat(300)), Answer(413, 4013, true)),
+        ("content-length over limit", b"PUT /shop/cart/add HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec(), Answer(413, 4013, true)),
+        ("conflicting content-length", b"PUT /shop/cart/add HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec(), Answer(400, 4000, true)),
+        ("non-numeric content-length", b"PUT /shop/cart/add HTTP/1.1\r\nContent-Length: abc\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("negative content-length", b"PUT /shop/cart/add HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("signed content-length", b"PUT /shop/cart/add HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}".to_vec(), Answer(400, 4000, true)),
+        ("content-length list", b"PUT /shop/cart/add HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n{}".to_vec(), Answer(400, 4000, true)),
+        ("huge content-length", b"PUT /shop/cart/add HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("chunked", b"PUT /shop/cart/add HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("chunked and length", b"PUT /shop/cart/add HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}".to_vec(), Answer(400, 4000, true)),
+        ("body cut short then eof", b"PUT /shop/cart/add HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"event".to_vec(), Closed),
+        ("empty body", cart(&bearer, ""), Answer(400, 4000, true)),
+        ("invalid json", cart(&bearer, "{event_id:e1}"), Answer(400, 4000, true)),
+        ("json array", cart(&bearer, r#"["e1","g0"]"#), Answer(400, 4000, true)),
+        ("json numbers", cart(&bearer, r#"{"event_id":1,"goods_id":2}"#), Answer(400, 4000, true)),
+        ("json nulls", cart(&bearer, r#"{"event_id":null,"goods_id":"g0"}"#), Answer(400, 4000, true)),
+        ("non-utf8 json", non_utf8_body(&bearer), Answer(400, 4000, true)),
+        ("id with colon", ids("e1:x", "g0"), Answer(400, 4000, true)),
+        ("id with braces", ids("e1", "{g0}"), Answer(400, 4000, true)),
+        ("id with hash", ids("e1", "g#0"), Answer(400, 4000, true)),
+        ("id with star", ids("*", "g0"), Answer(400, 4000, true)),
+        ("id with space", ids("e 1", "g0"), Answer(400, 4000, true)),
+        ("id over 64 bytes", ids(&"e".repeat(65), "g0"), Answer(400, 4000, true)),
+        ("query id with colon", b"GET /event/info?event_id=e1:x HTTP/1.1\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("query id percent-encoded", b"GET /event/info?event_id=%65%31 HTTP/1.1\r\n\r\n".to_vec(), Answer(400, 4000, true)),
+        ("token with two fields", cart(&format!("Bearer alice.{exp}"), ok_body), Answer(401, 4001, false)),
+        ("token with four fields", cart(&format!("Bearer al.ice.{exp}.{sig}"), ok_body), Answer(401, 4001, false)),
+        ("token with a wrong signature", cart(&format!("Bearer {}", seckill::auth::Signer::new(b"x").mint("alice", exp)), ok_body), Answer(401, 4001, false)),
+        ("token with another uid", cart(&format!("Bearer mallory.{exp}.{sig}"), ok_body), Answer(401, 4001, false)),
+        ("token in uppercase hex", cart(&format!("Bearer {}", token("alice").to_uppercase()), ok_body), Answer(401, 4001, false)),
+        ("expired token", cart(&format!("Bearer {}", token_exp("alice", now_s() - 5)), ok_body), Answer(401, 4001, false)),
+        ("bearer without token", cart("Bearer ", ok_body), Answer(401, 4001, false)),
+        ("two authorization headers", raw("PUT", "/shop/cart/add", Some(&bearer), Some(ok_body), &format!("Authorization: {bearer}\r\n")), Answer(400, 4000, true)),
+        ("secret as token", cart(&format!("Bearer {SECRET}"), ok_body), Answer(401, 4001, false)),
+    ]
+}
+
+#[test]
+fn hostile_battery_gets_its_4xx_or_a_close_and_harms_no_one() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let s = server(&redis, "");
+    let cases = battery();
+    assert!(cases.len() >= 40, "the battery has {} cases", cases.len());
+    for (name, bytes, want) in cases {
+        let mut c = s.client();
+        c.send(&bytes);
+        if matches!(want, Closed) {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        match (want, c.try_read()) {
+            (Closed, None) => {}
+            (Answer(status, code, close), Some(r)) => {
+                let j = r.json();
+                assert_eq!(
+                    (r.status, j["code"].as_i64()),
+                    (status, Some(code)),
+                    "{name}: {j}"
+                );
+                let conn = if close { "close" } else { "keep-alive" };
+                assert_eq!(r.header("connection"), Some(conn), "{name}");
+                if close {
+                    assert!(c.try_read().is_none(), "{name}: closed after the answer");
+                }
+            }
+            (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
+        }
+        // And a normal client is still served.
+        s.client()
+            .buy("bob", "e1", "g0")
+            .assert(200, 1001, "no stock", "keep-alive");
+    }
+}
+
+#[test]
+fn garbage_after_a_good_request_answers_both_then_closes() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let s = server(&redis, "");
+    let mut c = s.client();
+    let mut bytes = raw("GET", "/healthz", None, None, "");
+    bytes.extend_from_slice(b"\x16\x03\x01 not http\r\n\r\n");
+    c.send(&bytes);
+    c.read().assert(200, 0, "ok", "keep-alive");
+    c.read().assert(400, 4000, "bad request", "close");
+    assert!(c.try_read().is_none());
+}
+
+#[test]
+fn trickled_request_gets_408_at_the_read_timeout() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let s = server(&redis, "read_timeout_ms = 400");
+    let mut c = s.client();
+    // Be the slow client: one byte every 50 ms, never finishing the head.
+    for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaa" {
+        if c.stream.write_all(&[*b]).is_err() {
+            break; // the server already answered and closed
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.read().assert(408, 4008, "request timeout", "close");
+    assert!(c.try_read().is_none());
+    s.client()
+        .get("/healthz", None)
+        .assert(200, 0, "ok", "keep-alive");
+}
+
+#[test]
+fn thousands_of_idle_connections_do_not_stop_others() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let s = server(&redis, "");
+    let idle: Vec<Client> = (0..3000).map(|_| s.client()).collect();
+    // Half of them have sent half a request.
+    let mut idle = idle;
+    for c in idle.iter_mut().step_by(2) {
+        c.send(b"GET /healthz HTTP/1.1\r\n");
+    }
+    let mut c = s.client();
+    for _ in 0..20 {
+        c.buy("bob", "e1", "g0")
+            .assert(200, 1001, "no stock", "keep-alive");
+    }
+    let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
+    let open: i64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("seckill_open_connections "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(open > 3000, "the idle connections are held: {open}");
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that ends the command name: utime is 14th, stime 15th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+#[test]
+fn connections_over_max_are_closed_without_busy_looping() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let s = server(&redis, "max_connections = 10");
+    let mut held: Vec<Client> = (0..10).map(|_| s.client()).collect();
+    for c in &mut held {
+        c.get("/healthz", None).assert(200, 0, "ok", "keep-alive");
+    }
+    let mut refused: Vec<Client> = (0..200).map(|_| s.client()).collect();
+    for c in &mut refused {
+        c.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(
+            c.try_read().is_none(),
+            "over max_connections: closed unanswered"
+        );
+    }
+    // Hold the server at its limit for a second: a loop that spun on accept
+    // would burn a core; idle, it uses next to nothing.
+    let before = cpu_ticks(s.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(s.pid()) - before;
+    assert!(
+        used < 30,
+        "server used {used} ticks (1/100 s) while idle at its limit"
+    );
+    for c in &mut held {
+        c.get("/healthz", None).assert(200, 0, "ok", "keep-alive");
+    }
+}
