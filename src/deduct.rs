@@ -129,6 +129,70 @@ impl Deducter {
         outcome(reply)
     }
 
+    /// Runs the deduct for every attempt in one round trip (a pipeline of
+    /// `EVALSHA`s), in order. Each script is atomic on its own; one failing
+    /// (a wrong-type key, say) does not undo or hide the others' sales, so
+    /// every attempt gets its own result. Attempts answered NOSCRIPT are sent
+    /// again as `EVAL` (the script did not run for them). `Err` means the
+    /// round trip itself failed: nothing is known of any attempt.
+    pub fn deduct_many(
+        &mut self,
+        attempts: &[&Attempt],
+        ts_ms: u64,
+    ) -> Result<Vec<Result<DeductOutcome, DeductError>>, DeductError> {
+        let keys: Vec<GoodsKeys> = attempts
+            .iter()
+            .map(|a| GoodsKeys::new(&a.event_id, &a.goods_id))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (a, k) in attempts.iter().zip(&keys) {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&self.sha);
+            add_args(&mut cmd, k, a, ts_ms);
+            pipe.add_command(cmd);
+        }
+        let mut replies = self.run_pipe(&pipe)?;
+        let noscript: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)))
+            .map(|(i, _)| i)
+            .collect();
+        if !noscript.is_empty() {
+            let mut eval = redis::pipe();
+            eval.ignore_errors();
+            for &i in &noscript {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(SCRIPT);
+                add_args(&mut cmd, &keys[i], attempts[i], ts_ms);
+                eval.add_command(cmd);
+            }
+            for (i, reply) in noscript.into_iter().zip(self.run_pipe(&eval)?) {
+                replies[i] = reply;
+            }
+        }
+        Ok(replies
+            .into_iter()
+            .map(|r| r.map_err(DeductError::Redis).and_then(outcome))
+            .collect())
+    }
+
+    fn run_pipe(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::RedisResult<Value>>, RedisError> {
+        let conn = match self.conn.as_mut() {
+            Some(c) => c,
+            None => self.conn.insert(connect(&self.client, self.timeout)?),
+        };
+        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(conn);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
     /// Tells every node that this goods sold out (SPEC §3 channel).
     pub fn publish_sold_out(&mut self, event_id: &str, goods_id: &str) -> Result<(), RedisError> {
         let msg =

@@ -7,7 +7,11 @@
 //! 1. wait for a token from the bucket (`rate`/s, `burst`; 0 = unlimited);
 //!    a task whose wait (queue plus token) passes `request_timeout_ms` gets
 //!    1003 instead: no token spent, its stock given back;
-//! 3. run the deduct; the outcome settles the lease and picks the answer:
+//! 2. run the deduct, pipelined: after the first task, every task already
+//!    queued that has a token waiting (up to `MAX_BATCH`) joins it, and the
+//!    batch's scripts go to Redis in one round trip, each still atomic and
+//!    answered on its own;
+//! 3. the outcome settles the lease and picks the answer:
 //!    won -> commit, 0 with `order_id` and `stock_left`; no stock -> the
 //!    share drops to 0 (and the other nodes are told), 1001; already
 //!    purchased -> 1005; not found -> 4004; Redis failed -> 1002. Every
@@ -26,14 +30,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::attempt::Attempt;
 use crate::breaker::Breaker;
 use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::deduct::{DeductOutcome, Deducter};
+use crate::deduct::{DeductError, DeductOutcome, Deducter};
 use crate::hijack::Task;
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Popped};
+
+/// Tasks sent to Redis in one round trip at most.
+pub const MAX_BATCH: usize = 64;
 
 /// The worker and everything it owns.
 pub struct Worker {
@@ -72,50 +80,102 @@ impl Worker {
     pub fn run(mut self) {
         loop {
             match self.consumer.pop(Duration::from_millis(200)) {
-                Popped::Task(task) => self.serve(task),
+                Popped::Task(task) => self.serve_batch(task),
                 Popped::Empty => {}
                 Popped::Closed => return,
             }
         }
     }
 
-    fn serve(&mut self, task: Task) {
-        let Task {
-            conn,
-            attempt,
-            arrived_at,
-            lease,
-        } = task;
-        // Waiting for a token is waiting too: the deadline is checked before
-        // each wait, and a task never sleeps past it.
-        let deadline = arrived_at + self.request_timeout;
+    /// Gathers `first` and as many more queued tasks as the bucket has
+    /// tokens for right now (at most `MAX_BATCH`), then serves them with one
+    /// Redis round trip. Only the first task may wait for a token; the others
+    /// join only if a token is already there, so pacing is unchanged.
+    fn serve_batch(&mut self, first: Task) {
+        let mut ready = Vec::with_capacity(MAX_BATCH);
+        ready.extend(self.pace(first));
+        while ready.len() < MAX_BATCH && self.bucket.available(self.clock.now()) > 0 {
+            match self.consumer.pop(Duration::ZERO) {
+                Popped::Task(task) => ready.extend(self.pace(task)),
+                Popped::Empty | Popped::Closed => break,
+            }
+        }
+        if !ready.is_empty() {
+            self.deduct_and_answer(ready);
+        }
+    }
+
+    /// Takes this task's token, waiting if need be; a task whose wait (queue
+    /// plus token) passes `request_timeout_ms` is answered 1003 instead, no
+    /// token spent, its stock given back (the lease's drop).
+    fn pace(&mut self, task: Task) -> Option<Task> {
+        let deadline = task.arrived_at + self.request_timeout;
         loop {
             let now = self.clock.now();
             if now > deadline {
-                drop(lease);
                 self.metrics.count_sale(Code::QueueTimeout);
-                return conn.answer(Code::QueueTimeout, None);
+                let Task { conn, lease, .. } = task;
+                drop(lease);
+                conn.answer(Code::QueueTimeout, None);
+                return None;
             }
             match self.bucket.try_take(now) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.metrics.token_spent();
+                    return Some(task);
+                }
                 Err(wait) => {
                     std::thread::sleep(wait.min(deadline - now + Duration::from_millis(1)))
                 }
             }
         }
-        self.metrics.token_spent();
+    }
+
+    fn deduct_and_answer(&mut self, batch: Vec<Task>) {
         let started = self.clock.now();
         if !self.breaker.try_call(started) {
-            // Open, and this is not the probe: no Redis call, stock back.
-            drop(lease);
-            self.metrics.count_sale(Code::RedisError);
-            return conn.answer(Code::RedisError, None);
+            // Open, and this batch is not the probe: no Redis call, stock back.
+            for task in batch {
+                self.answer_failed(task);
+            }
+            return;
         }
-        let result = self.deducter.deduct(&attempt, self.clock.unix_ms());
+        let attempts: Vec<&Attempt> = batch.iter().map(|t| &t.attempt).collect();
+        let results = self.deducter.deduct_many(&attempts, self.clock.unix_ms());
         let done = self.clock.now();
-        self.breaker.record(result.is_ok(), done);
+        self.breaker.record(results.is_ok(), done);
         self.metrics
             .redis_round_trip(done.saturating_duration_since(started));
+        match results {
+            Ok(results) => {
+                for (task, result) in batch.into_iter().zip(results) {
+                    self.answer(task, result);
+                }
+            }
+            Err(e) => {
+                log::debug!("deduct round trip failed: {e:?}");
+                for task in batch {
+                    self.answer_failed(task);
+                }
+            }
+        }
+    }
+
+    fn answer_failed(&mut self, task: Task) {
+        let Task { conn, lease, .. } = task;
+        drop(lease);
+        self.metrics.count_sale(Code::RedisError);
+        conn.answer(Code::RedisError, None);
+    }
+
+    /// Settles the lease by the outcome and answers.
+    fn answer(&mut self, task: Task, result: Result<DeductOutcome, DeductError>) {
+        let Task {
+            conn,
+            attempt,
+            lease,
+            ..
+        } = task;
         let code = match result {
             Ok(DeductOutcome::Won {
                 order_id,

@@ -1,0 +1,111 @@
+//! Stage 7 against a real Redis (issue 4): the pipelined deduct answers
+//! each attempt on its own, falls back to EVAL on NOSCRIPT inside a batch,
+//! and a failing script does not hide its neighbours' sales; the worker
+//! sends queued attempts in one round trip.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use seckill::attempt::Attempt;
+use seckill::deduct::{script_sha, DeductOutcome, Deducter, SCRIPT};
+use support::{buy_bytes, config, RedisServer, Seckill};
+
+const FAR: u64 = 4_102_444_800;
+
+fn attempt(uid: &str, goods: &str) -> Attempt {
+    Attempt {
+        uid: uid.into(),
+        event_id: "e1".into(),
+        goods_id: goods.into(),
+    }
+}
+
+#[test]
+fn batch_answers_each_attempt_and_falls_back_to_eval() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 3), ("g0", 0), ("bad", 5)], 0, FAR);
+    let _: () = redis.cmd(&["SET", "seckill:{e1:bad}:buyers", "not a hash"]);
+    let _: () = redis.cmd(&["SCRIPT", "FLUSH"]);
+    let mut d = Deducter::new(&redis.url(), Duration::from_secs(5)).expect("deducter");
+    let batch = [
+        attempt("a", "g1"),
+        attempt("b", "bad"),
+        attempt("a", "g1"),
+        attempt("c", "g1"),
+        attempt("d", "g0"),
+        attempt("e", "missing"),
+        attempt("f", "g1"),
+        attempt("g", "g1"),
+    ];
+    let refs: Vec<&Attempt> = batch.iter().collect();
+    let results = d.deduct_many(&refs, 1).expect("round trip");
+    let got: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(DeductOutcome::Won { stock_left, .. }) => format!("won {stock_left}"),
+            Ok(other) => format!("{other:?}"),
+            Err(_) => "error".into(),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "won 2",
+            "error",
+            "AlreadyPurchased",
+            "won 1",
+            "NoStock",
+            "NotFound",
+            "won 0",
+            "NoStock"
+        ]
+    );
+    let loaded: Vec<i64> = redis.cmd(&["SCRIPT", "EXISTS", &script_sha(SCRIPT)]);
+    assert_eq!(loaded, vec![1], "EVAL loaded the script");
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 3);
+    assert_eq!(redis.xlen_orders("e1", "g1"), 3);
+    assert_eq!(redis.stock("e1", "g1"), Some(0));
+}
+
+#[test]
+fn worker_sends_queued_attempts_in_one_round_trip() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 20)], 0, FAR);
+    let text = config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0")
+        .replace("[redis]\n", "[redis]\ntimeout_ms = 5000\n");
+    let s = Seckill::start(&text);
+    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let metric = |line: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
+            if m.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metric {line:?} never appeared:\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "800", "WRITE"]);
+    let mut first = s.client();
+    first.send(&buy_bytes("u0", "e1", "g1", ""));
+    metric("seckill_tokens_spent_total 1");
+    let mut rest: Vec<_> = (1..=9)
+        .map(|i| {
+            let mut c = s.client();
+            c.send(&buy_bytes(&format!("u{i}"), "e1", "g1", ""));
+            c
+        })
+        .collect();
+    metric("seckill_queue_depth 9");
+    first.read().assert(200, 0, "ok", "close");
+    for c in &mut rest {
+        c.read().assert(200, 0, "ok", "close");
+    }
+    metric("seckill_redis_round_trip_seconds_count 2");
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 10);
+}
