@@ -157,6 +157,11 @@ impl Catalog {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Publishes a new snapshot to every reader.
+    pub fn replace(&self, snap: Snapshot) {
+        *self.snap.write() = Arc::new(snap);
+    }
+
     fn set_ready(&self, ready: bool) {
         if self.ready.swap(ready, Ordering::AcqRel) != ready {
             if ready {
@@ -213,49 +218,59 @@ fn read(conn: &mut redis::Connection, stock: &Stock) -> redis::RedisResult<Snaps
     } else {
         pipe.query(conn)?
     };
-    let mut stocks = stocks.into_iter();
+    let stocks = stocks
+        .into_iter()
+        .map(|s| s.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0).max(0));
+    Ok(Snapshot::build(&defs, stocks, stock))
+}
 
-    let mut events = BTreeMap::new();
-    let mut list = Vec::with_capacity(defs.len());
-    for def in &defs {
-        let mut goods_out = Vec::with_capacity(def.goods.len());
-        for g in &def.goods {
-            let left = stocks
-                .next()
-                .flatten()
-                .and_then(|s| s.parse::<i64>().ok())
-                .unwrap_or(0)
-                .max(0);
-            stock.learn(&def.event_id, &g.goods_id, left, g.epoch);
-            goods_out.push(GoodsOut {
-                goods_id: &g.goods_id,
-                name: &g.name,
-                price_cents: g.price_cents,
-                stock_left: left,
-            });
-        }
-        let out = EventOut {
-            event_id: &def.event_id,
-            name: &def.name,
-            start_at: def.start_at,
-            end_at: def.end_at,
-            goods: goods_out,
-        };
-        let json = serde_json::to_string(&out).unwrap_or_else(|_| "null".into());
-        list.push(out);
-        events.insert(
-            def.event_id.clone(),
-            EventView {
+impl Snapshot {
+    /// Builds a snapshot from event definitions and each goods' stock left
+    /// (in definition order), telling `stock` of every goods as it goes and
+    /// forgetting the goods that are gone. Pure but for `stock`: no Redis.
+    pub fn build(
+        defs: &[EventDef],
+        stocks: impl IntoIterator<Item = i64>,
+        stock: &Stock,
+    ) -> Snapshot {
+        let mut stocks = stocks.into_iter();
+        let mut events = BTreeMap::new();
+        let mut list = Vec::with_capacity(defs.len());
+        for def in defs {
+            let mut goods_out = Vec::with_capacity(def.goods.len());
+            for g in &def.goods {
+                let left = stocks.next().unwrap_or(0);
+                stock.learn(&def.event_id, &g.goods_id, left, g.epoch);
+                goods_out.push(GoodsOut {
+                    goods_id: &g.goods_id,
+                    name: &g.name,
+                    price_cents: g.price_cents,
+                    stock_left: left,
+                });
+            }
+            let out = EventOut {
+                event_id: &def.event_id,
+                name: &def.name,
                 start_at: def.start_at,
                 end_at: def.end_at,
-                goods: def.goods.iter().map(|g| g.goods_id.clone()).collect(),
-                json,
-            },
-        );
+                goods: goods_out,
+            };
+            let json = serde_json::to_string(&out).unwrap_or_else(|_| "null".into());
+            list.push(out);
+            events.insert(
+                def.event_id.clone(),
+                EventView {
+                    start_at: def.start_at,
+                    end_at: def.end_at,
+                    goods: def.goods.iter().map(|g| g.goods_id.clone()).collect(),
+                    json,
+                },
+            );
+        }
+        let list_json = serde_json::json!({ "events": list }).to_string();
+        stock.retain(|e, g| events.get(e).is_some_and(|v: &EventView| v.has_goods(g)));
+        Snapshot { events, list_json }
     }
-    let list_json = serde_json::json!({ "events": list }).to_string();
-    stock.retain(|e, g| events.get(e).is_some_and(|v: &EventView| v.has_goods(g)));
-    Ok(Snapshot { events, list_json })
 }
 
 /// Keeps the catalog and the stock table in step with Redis.
@@ -294,7 +309,7 @@ impl Refresher {
         };
         match result {
             Ok(snap) => {
-                *self.catalog.snap.write() = Arc::new(snap);
+                self.catalog.replace(snap);
                 self.catalog.set_ready(true);
                 true
             }
@@ -381,6 +396,31 @@ mod tests {
         assert!(def.check().is_ok());
         // Epoch 0 is not written back, so the stored shape stays the SPEC's.
         assert_eq!(serde_json::to_string(&def).unwrap(), json);
+    }
+
+    #[test]
+    fn snapshot_pre_encodes_reads_and_tells_stock() {
+        let def: EventDef = serde_json::from_str(
+            r#"{"event_id":"e1","name":"n","start_at":5,"end_at":9,"goods":[{"goods_id":"g1","stock":10},{"goods_id":"g2","stock":3}]}"#,
+        )
+        .unwrap();
+        let stock = Stock::new(1, 1.0);
+        stock.learn("old", "gone", 5, 0);
+        let snap = Snapshot::build(&[def], [7, 0], &stock);
+        let view = &snap.events["e1"];
+        assert_eq!((view.start_at, view.end_at), (5, 9));
+        assert!(view.has_goods("g2") && !view.has_goods("g3"));
+        let info: serde_json::Value = serde_json::from_str(&view.json).unwrap();
+        assert_eq!(info["goods"][0]["stock_left"], 7);
+        let list: serde_json::Value = serde_json::from_str(&snap.list_json).unwrap();
+        assert_eq!(list["events"][0], info);
+        assert_eq!(stock.left("e1", "g1"), Some(7));
+        assert_eq!(stock.left("e1", "g2"), Some(0));
+        assert_eq!(
+            stock.left("old", "gone"),
+            None,
+            "goods no longer listed are forgotten"
+        );
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct EventLoop<S: Service> {
     drain: Drain,
     stop: Arc<AtomicBool>,
     metrics: Metrics,
+    // Whether the last accept failed (out of descriptors): logged once per
+    // change, so an attack that exhausts descriptors does not flood the log.
+    accept_failing: bool,
 }
 
 /// What `answer_buffered` did.
@@ -178,6 +181,7 @@ impl<S: Service> EventLoop<S> {
             drain,
             stop,
             metrics,
+            accept_failing: false,
         })
     }
 
@@ -230,6 +234,9 @@ impl<S: Service> EventLoop<S> {
             };
             match listener.accept() {
                 Ok((stream, _)) => {
+                    if std::mem::take(&mut self.accept_failing) {
+                        log::info!("accepting connections again");
+                    }
                     let open = self.open.fetch_add(1, Ordering::AcqRel);
                     if open >= self.config.max_connections {
                         // Accepting and closing empties the backlog; leaving
@@ -262,9 +269,11 @@ impl<S: Service> EventLoop<S> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of file descriptors and the like: the next accept
-                    // event retries; one log line per burst at most matters
-                    // less than not spinning.
-                    log::warn!("accept failed: {e}");
+                    // event retries. Returning (not retrying now) keeps the
+                    // loop from spinning while nothing can be accepted.
+                    if !std::mem::replace(&mut self.accept_failing, true) {
+                        log::warn!("accept failed: {e}; retrying on the next connection");
+                    }
                     return;
                 }
             }

@@ -30,7 +30,8 @@
 //! [`breaker`] (Redis circuit breaker), [`blacklist`] (4003),
 //! [`clock`], [`keys`] (every Redis key), [`catalog`] (events, Redis ->
 //! memory), [`admin`], [`lookup`] (`/shop/result`), [`metrics`],
-//! [`service`] (what a loop hands requests to), [`serve`] (wiring).
+//! [`service`] (what a loop hands requests to), [`serve`] (wiring),
+//! [`bench`] (the load generator: the client side, not the server).
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -52,6 +53,7 @@ pub mod stock;
 pub mod worker;
 
 pub mod admin;
+pub mod bench;
 pub mod blacklist;
 pub mod breaker;
 pub mod catalog;

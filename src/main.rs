@@ -1,4 +1,4 @@
-//! The `seckill` command line: `serve` and `token` (SPEC §8).
+//! The `seckill` command line: `serve`, `token` and `bench` (SPEC §8).
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -53,6 +53,51 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Load generator: distinct users buying one goods; prints req/s,
+    /// latency percentiles, codes, and whether wins stayed within the stock.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Base URL of the server, http://HOST:PORT.
+    #[arg(long)]
+    url: String,
+    /// Event id.
+    #[arg(long)]
+    event: String,
+    /// Goods id.
+    #[arg(long)]
+    goods: String,
+    /// Distinct users (tokens for PREFIX0 .. PREFIX(N-1)).
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Connections in flight.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Requests in all; default one per user.
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Reuse connections (default: one request per connection).
+    #[arg(long)]
+    keepalive: bool,
+    /// Per-request timeout in ms.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Uid prefix.
+    #[arg(long, default_value = "u")]
+    prefix: String,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// The secret; default: `auth.secret` from the config.
+    #[arg(long)]
+    secret: Option<String>,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Args)]
@@ -88,18 +133,7 @@ fn run(cli: Cli) -> Result<(), String> {
             secret,
             config,
         } => {
-            let secret = match secret {
-                Some(s) => s,
-                None => {
-                    Config::load(&config.config)
-                        .map_err(|e| e.to_string())?
-                        .auth
-                        .secret
-                }
-            };
-            if secret.is_empty() {
-                return Err("auth.secret is empty: pass --secret or set it in the config".into());
-            }
+            let secret = secret_from(secret, &config)?;
             let signer = Signer::new(secret.as_bytes());
             let exp = clock.unix_s().saturating_add(ttl);
             let uids: Vec<String> = match (uid, count, prefix) {
@@ -118,5 +152,44 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{out}");
             Ok(())
         }
+        Command::Bench(a) => {
+            let secret = secret_from(a.secret, &a.config)?;
+            let duration = match a.duration {
+                Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+                Some(_) => return Err("--duration must be a number of seconds above 0".into()),
+                None => None,
+            };
+            seckill::bench::run(seckill::bench::BenchConfig {
+                url: a.url,
+                event: a.event,
+                goods: a.goods,
+                users: a.users,
+                concurrency: a.concurrency,
+                requests: a.requests,
+                duration,
+                keepalive: a.keepalive,
+                timeout: std::time::Duration::from_millis(a.timeout_ms),
+                prefix: a.prefix,
+                secret,
+                json: a.json,
+            })
+        }
     }
+}
+
+/// `--secret`, else `auth.secret` from the config; never empty.
+fn secret_from(secret: Option<String>, config: &ConfigArg) -> Result<String, String> {
+    let secret = match secret {
+        Some(s) => s,
+        None => {
+            Config::load(&config.config)
+                .map_err(|e| e.to_string())?
+                .auth
+                .secret
+        }
+    };
+    if secret.is_empty() {
+        return Err("auth.secret is empty: pass --secret or set it in the config".into());
+    }
+    Ok(secret)
 }

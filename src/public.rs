@@ -16,20 +16,21 @@
 //! Never: waits on Redis; the loop thread only reads memory.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::attempt::{self, Attempt};
 use crate::auth::{valid_id, Signer};
 use crate::blacklist::Blacklist;
 use crate::breaker::Breaker;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, EventDef, Snapshot};
 use crate::codes::Code;
+use crate::config::QueueConfig;
 use crate::hijack::{Hijacked, Task};
 use crate::http::parse::{query_param, Request};
 use crate::http::response::{self, Extra};
 use crate::lookup::{Lookup, Question};
 use crate::metrics::{Metrics, RouteLabel};
-use crate::queue::Producer;
+use crate::queue::{self, Consumer, Producer};
 use crate::route::{self, Route, RouteError};
 use crate::service::{reply, Handled, Now, Service};
 use crate::stock::{Lease, Stock, Take};
@@ -170,6 +171,37 @@ impl Public {
             Some(view) => (Code::Ok, Some(view.json.clone()), Extra::None),
             None => (Code::NotFound, None, Extra::None),
         }
+    }
+}
+
+impl Public {
+    /// A service over in-memory state only: no Redis is contacted and no
+    /// socket is needed, for the fuzz target, the benches and the
+    /// allocation test. `defs` are the events, `stocks` each goods' stock
+    /// left in definition order (the share is the whole of it: one node,
+    /// factor 1). Also returns the queue's consumer, which must be kept for
+    /// the queue to stay open.
+    pub fn in_memory(
+        secret: &[u8],
+        defs: &[EventDef],
+        stocks: &[i64],
+    ) -> Result<(Public, Box<dyn Consumer>), String> {
+        let stock = Stock::new(1, 1.0);
+        let catalog = Arc::new(Catalog::default());
+        catalog.replace(Snapshot::build(defs, stocks.iter().copied(), &stock));
+        let (queue, consumer) = queue::open("shop", &QueueConfig::default())?;
+        let service = Public {
+            signer: Signer::new(secret),
+            catalog,
+            stock,
+            queue,
+            // Never asked: in-memory users do not hand connections over.
+            lookup: Lookup::start("redis://127.0.0.1:1/", Duration::from_millis(10))?,
+            breaker: Breaker::new(5, Duration::from_secs(1)),
+            blacklist: Blacklist::new(),
+            metrics: Metrics::default(),
+        };
+        Ok((service, consumer))
     }
 }
 

@@ -12,12 +12,16 @@ use std::io::Write;
 
 use crate::codes::Code;
 
-/// The `Date` header value, formatted once per second.
+/// Length of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+const DATE_LEN: usize = 29;
+
+/// The `Date` header value, formatted once per second into a fixed buffer
+/// (no allocation, even when the second changes).
 #[derive(Debug, Clone)]
 pub struct DateCache {
     unix_s: u64,
-    // INVARIANT: the IMF-fixdate of `unix_s`, always 29 ASCII bytes.
-    text: String,
+    // INVARIANT: the IMF-fixdate of `unix_s`, 29 ASCII bytes.
+    text: [u8; DATE_LEN],
 }
 
 impl DateCache {
@@ -35,12 +39,18 @@ impl DateCache {
             self.unix_s = unix_s;
             self.text = format_date(unix_s);
         }
-        &self.text
+        // ASCII by construction; the fallback is never taken.
+        std::str::from_utf8(&self.text).unwrap_or("Thu, 01 Jan 1970 00:00:00 GMT")
     }
 }
 
-fn format_date(unix_s: u64) -> String {
-    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_s))
+fn format_date(unix_s: u64) -> [u8; DATE_LEN] {
+    let date =
+        httpdate::HttpDate::from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_s));
+    let mut text = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    // Years past 9999 do not fit; they keep the epoch text rather than panic.
+    let _ = write!(&mut text[..], "{date}");
+    text
 }
 
 /// A header beyond the fixed ones.
