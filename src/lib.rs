@@ -31,7 +31,7 @@
 //! [`clock`], [`keys`] (every Redis key), [`catalog`] (events, Redis ->
 //! memory), [`admin`], [`lookup`] (`/shop/result`), [`metrics`],
 //! [`service`] (what a loop hands requests to), [`serve`] (wiring),
-//! [`bench`] (the load generator: the client side, not the server).
+//! [`bench`](mod@bench) (the load generator: the client side, not the server).
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),

@@ -1,0 +1,120 @@
+//! The worker alone, with its queue kept full: deducts per second.
+//!
+//! Fills the memory queue with `--tasks` real hijacked connections (loopback
+//! pairs: the server side becomes the task's socket) holding attempts by
+//! distinct users, closes the queue, then times `Worker::run` (rate 0,
+//! pipelined batches) until every task is answered. `scripts/bench.sh` sets
+//! it beside `redis-benchmark -P 16` running the same script.
+//!
+//! `cargo run --release --example worker_alone -- --redis redis://127.0.0.1:6379/ --goods w --rounds 4`
+//! (the goods `e1`/`<goods>` must have stock for every task).
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use seckill::attempt::Attempt;
+use seckill::breaker::Breaker;
+use seckill::bucket::Bucket;
+use seckill::clock::{Clock, SystemClock};
+use seckill::config::QueueConfig;
+use seckill::deduct::Deducter;
+use seckill::hijack::{Drain, Hijacked, Task};
+use seckill::metrics::Metrics;
+use seckill::queue;
+use seckill::stock::{Stock, Take};
+use seckill::worker::Worker;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let redis = arg("--redis", "redis://127.0.0.1:6379/");
+    let goods = arg("--goods", "w");
+    let tasks: usize = arg("--tasks", "5000").parse()?;
+    let rounds: usize = arg("--rounds", "4").parse()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let stock = Stock::new(1, 1.0);
+    stock.learn("e1", &goods, i64::MAX / 2, 1);
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let drain = Drain::start()?;
+    let (mut total, mut took) = (0usize, Duration::ZERO);
+    for round in 0..rounds {
+        let cfg = QueueConfig {
+            size: tasks,
+            rate: 0,
+            ..QueueConfig::default()
+        };
+        let (producer, consumer) = queue::open("shop", &cfg)?;
+        let mut clients = Vec::with_capacity(tasks);
+        for i in 0..tasks {
+            clients.push(TcpStream::connect(addr)?);
+            let (server_side, _) = listener.accept()?;
+            server_side.set_nonblocking(true)?;
+            let uid = format!("w{round}x{i}");
+            let Take::Lease(lease) = stock.try_take("e1", &goods, &uid) else {
+                return Err("no lease: the memory share ran out".into());
+            };
+            let task = Task {
+                conn: Hijacked::new(server_side, Vec::new(), drain.clone()),
+                attempt: Attempt {
+                    uid,
+                    event_id: "e1".into(),
+                    goods_id: goods.clone(),
+                },
+                arrived_at: clock.now(),
+                lease,
+            };
+            if producer.try_push(task).is_err() {
+                return Err("queue full".into());
+            }
+        }
+        drop(producer); // the worker stops once the queue is empty
+        let deducter = Deducter::new(&redis, Duration::from_secs(5))?;
+        let metrics = Metrics::default();
+        let worker = Worker::new(
+            consumer,
+            Bucket::new(0, 1, clock.now()),
+            deducter,
+            clock.clone(),
+            Duration::from_secs(3600),
+            Breaker::new(1000, Duration::from_secs(1)),
+            metrics.clone(),
+        );
+        let started = Instant::now();
+        worker.run();
+        let elapsed = started.elapsed();
+        let won = metrics.render(0, false);
+        let wins = won
+            .lines()
+            .find_map(|l| l.strip_prefix("seckill_worker_responses_total{code=\"0\"} "))
+            .unwrap_or("0");
+        let field = |name: &str| {
+            won.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        eprintln!(
+            "round {round}: {tasks} tasks in {:.3} s, {wins} sold; {} round trips, {:.3} s in Redis",
+            elapsed.as_secs_f64(),
+            field("seckill_redis_round_trip_seconds_count"),
+            field("seckill_redis_round_trip_seconds_sum"),
+        );
+        total += tasks;
+        took += elapsed;
+        drop(clients);
+    }
+    println!(
+        "WORKER tasks={total} elapsed_s={:.3} deducts_per_s={:.0}",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+    Ok(())
+}

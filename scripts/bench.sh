@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# seckill's own end-to-end benchmark: one run, one table, ratios taken in
+# the same run (absolute numbers move with the machine; ratios carry).
+#
+#   reject path  sold-out cart-add, keep-alive: seckill vs nginx answering the
+#                same JSON to everything (wrk -t1 -c64, rounds interleaved)
+#   close path   the same with Connection: close on every request
+#   sell-out     seckill bench: stock 10000, 100000 users, 256 connections,
+#                one request per connection; wins must equal the stock
+#   worker       the worker alone, queue kept full (examples/worker_alone),
+#                vs redis-benchmark -P 16 running the same Lua script
+#
+# Options: --rounds N (3)  --duration S (5, per wrk run)  --connections N (64)
+#          --threads N (seckill server.threads; default 0 = one per core)
+# Installs what it needs from Debian when run as root: redis-server,
+# redis-tools, wrk, nginx-light. Runs everything on 127.0.0.1, free ports,
+# and stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ROUNDS=3 DURATION=5 CONNS=64 THREADS=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --connections) CONNS=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    *) echo "usage: $0 [--rounds N] [--duration S] [--connections N] [--threads N]" >&2; exit 2 ;;
+  esac
+done
+
+need redis-server redis-server
+need redis-cli redis-tools
+need redis-benchmark redis-tools
+need wrk wrk
+need nginx nginx-light
+echo "building (release)..." >&2
+cargo build --release --quiet --bin seckill --example worker_alone
+BIN=$PWD/target/release/seckill
+WORKER=$PWD/target/release/examples/worker_alone
+
+RUN=$(mktemp -d /tmp/seckill-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+log() { printf '[%5ss] %s\n' "$SECONDS" "$*" >&2; }
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768+)
+    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+wait_http() { # url log
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/${1##*:}") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing answers at $1; its log:" >&2
+  cat "$2" >&2 || true
+  exit 1
+}
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# ---- Redis with the event: g0 sold out, a sell-out goods per round, worker goods ----
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN" \
+  --logfile "$RUN/redis.log" --daemonize no >/dev/null &
+PIDS+=($!)
+rcli() { redis-cli -h 127.0.0.1 -p "$RPORT" "$@"; }
+for _ in $(seq 100); do [[ $(rcli ping 2>/dev/null || true) == PONG ]] && break; sleep 0.05; done
+STOCK=10000
+goods='{"goods_id":"g0","stock":0}'
+rcli set 'seckill:{e1:g0}:stock' 0 >/dev/null
+for r in $(seq "$ROUNDS"); do
+  rcli set "seckill:{e1:sell$r}:stock" "$STOCK" >/dev/null
+  goods+=",{\"goods_id\":\"sell$r\",\"stock\":$STOCK}"
+done
+rcli set 'seckill:{e1:w}:stock' 100000000 >/dev/null
+rcli set 'seckill:{e1:rb}:stock' 100000000 >/dev/null
+printf '{"event_id":"e1","name":"bench","start_at":0,"end_at":4102444800,"goods":[%s]}' "$goods" |
+  rcli -x hset seckill:events e1 >/dev/null
+
+# ---- seckill ----
+SECRET=bench-secret
+SPORT=$(free_port)
+cat >"$RUN/seckill.toml" <<TOML
+[server]
+bind = "127.0.0.1:$SPORT"
+threads = $THREADS
+[admin]
+bind = "127.0.0.1:$(free_port)"
+[auth]
+secret = "$SECRET"
+[redis]
+url = "redis://127.0.0.1:$RPORT/"
+[queue.shop]
+rate = 0
+TOML
+RUST_LOG=warn "$BIN" serve --config "$RUN/seckill.toml" >"$RUN/seckill.out" 2>"$RUN/seckill.log" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$SPORT" "$RUN/seckill.log"
+
+# ---- nginx: the same "no stock" JSON to every request ----
+NPORT=$(free_port)
+mkdir -p "$RUN/nginx/logs"
+cat >"$RUN/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $RUN/nginx/nginx.pid;
+error_log $RUN/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $RUN/nginx/body;
+  proxy_temp_path $RUN/nginx/proxy;
+  fastcgi_temp_path $RUN/nginx/fastcgi;
+  uwsgi_temp_path $RUN/nginx/uwsgi;
+  scgi_temp_path $RUN/nginx/scgi;
+  server {
+    listen 127.0.0.1:$NPORT;
+    location / {
+      default_type application/json;
+      return 200 '{"code":1001,"msg":"no stock","data":null}';
+    }
+  }
+}
+CONF
+nginx -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$NPORT" "$RUN/nginx/logs/error.log"
+
+# ---- wrk scripts: PUT with a JSON body and a valid token ----
+TOKEN=$("$BIN" token --uid bench-user --secret "$SECRET")
+for mode in keep close; do
+  {
+    echo 'wrk.method = "PUT"'
+    echo "wrk.body = '{\"event_id\":\"e1\",\"goods_id\":\"g0\"}'"
+    echo 'wrk.headers["Content-Type"] = "application/json"'
+    echo "wrk.headers[\"Authorization\"] = \"Bearer $TOKEN\""
+    [[ $mode == close ]] && echo 'wrk.headers["Connection"] = "close"'
+  } >"$RUN/$mode.lua"
+done
+check=$(curl -s -X PUT "http://127.0.0.1:$SPORT/shop/cart/add" -H "Authorization: Bearer $TOKEN" \
+  -d '{"event_id":"e1","goods_id":"g0"}' 2>/dev/null || true)
+[[ $check == *'"code":1001'* ]] || { echo "seckill did not answer 1001 for g0: $check" >&2; exit 1; }
+
+wrk_run() { # name port mode -> "rps p99ms"
+  wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$RUN/$3.lua" "http://127.0.0.1:$2/shop/cart/add" >"$RUN/wrk.out" 2>&1 || true
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$RUN/wrk.out")
+  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' "$RUN/wrk.out")
+  echo "${rps:-0} ${p99:-0}"
+}
+log "warm-up"
+wrk -t1 -c"$CONNS" -d1s -s "$RUN/keep.lua" "http://127.0.0.1:$SPORT/shop/cart/add" >/dev/null 2>&1 || true
+wrk -t1 -c"$CONNS" -d1s -s "$RUN/keep.lua" "http://127.0.0.1:$NPORT/shop/cart/add" >/dev/null 2>&1 || true
+
+declare -A RPS P99
+for mode in keep close; do
+  for r in $(seq "$ROUNDS"); do
+    order=(seckill nginx)
+    ((r % 2 == 0)) && order=(nginx seckill)
+    for s in "${order[@]}"; do
+      port=$SPORT
+      [[ $s == nginx ]] && port=$NPORT
+      read -r rps p99 < <(wrk_run "$s" "$port" "$mode")
+      RPS[$mode.$s]+="$rps "
+      P99[$mode.$s]+="$p99 "
+      log "$mode $s round $r: $rps req/s, p99 $p99 ms"
+    done
+  done
+done
+
+# ---- sell-out ----
+SO_RPS="" SO_P99="" SO_OK=1
+for r in $(seq "$ROUNDS"); do
+  out=$("$BIN" bench --url "http://127.0.0.1:$SPORT" --event e1 --goods "sell$r" --users 100000 \
+    --concurrency 256 --secret "$SECRET" --prefix "r${r}u" --json 2>/dev/null) || SO_OK=0
+  rps=$(sed -E 's/.*"rps":([0-9.]+).*/\1/' <<<"$out")
+  p99=$(sed -E 's/.*"p99_ms":([0-9.]+).*/\1/' <<<"$out")
+  wins=$(sed -E 's/.*"wins":([0-9]+).*/\1/' <<<"$out")
+  hlen=$(rcli hlen "seckill:{e1:sell$r}:buyers")
+  xlen=$(rcli xlen "seckill:{e1:sell$r}:orders")
+  left=$(rcli get "seckill:{e1:sell$r}:stock")
+  ok=ok
+  [[ $wins == "$STOCK" && $hlen == "$STOCK" && $xlen == "$STOCK" && $left == 0 ]] || { ok=FAILED; SO_OK=0; }
+  SO_RPS+="$rps " SO_P99+="$p99 "
+  log "sell-out round $r: $rps req/s, p99 $p99 ms, wins $wins, HLEN $hlen, XLEN $xlen, stock $left: $ok"
+done
+
+# ---- the worker alone vs redis-benchmark on the same script ----
+W_OUT=$("$WORKER" --redis "redis://127.0.0.1:$RPORT/" --goods w --tasks 5000 --rounds 4 2>/dev/null)
+W_RATE=$(sed -E 's/.*deducts_per_s=([0-9]+).*/\1/' <<<"$W_OUT")
+SHA=$(rcli script load "$(cat src/deduct.lua)")
+RB=$(redis-benchmark -h 127.0.0.1 -p "$RPORT" -n 200000 -P 16 -r 1000000000 -q \
+  evalsha "$SHA" 3 'seckill:{e1:rb}:stock' 'seckill:{e1:rb}:buyers' 'seckill:{e1:rb}:orders' \
+  'u__rand_int__' e1 rb 0 2>/dev/null | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{printf "%.0f", $1}')
+log "worker alone: $W_RATE deducts/s; redis-benchmark -P 16: $RB req/s"
+
+# ---- the table ----
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+echo
+echo "## seckill scripts/bench.sh — $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "machine: nproc $(nproc), $(uname -sr), $(redis-server --version | awk '{print $3}'), $(nginx -v 2>&1 | awk -F/ '{print "nginx " $2}'), seckill threads=$THREADS"
+echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds interleaved; medians"
+echo
+printf '%-10s %14s %14s %8s %12s %12s\n' path "seckill req/s" "nginx req/s" "x nginx" "seckill p99" "nginx p99"
+for mode in keep close; do
+  s=$(tr ' ' '\n' <<<"${RPS[$mode.seckill]}" | grep . | median)
+  n=$(tr ' ' '\n' <<<"${RPS[$mode.nginx]}" | grep . | median)
+  sp=$(tr ' ' '\n' <<<"${P99[$mode.seckill]}" | grep . | median)
+  np=$(tr ' ' '\n' <<<"${P99[$mode.nginx]}" | grep . | median)
+  name=reject
+  [[ $mode == close ]] && name=close
+  printf '%-10s %14.0f %14.0f %8s %10s ms %10s ms\n' "$name" "$s" "$n" "$(ratio "$s" "$n")" "$sp" "$np"
+done
+so=$(tr ' ' '\n' <<<"$SO_RPS" | grep . | median)
+sop=$(tr ' ' '\n' <<<"$SO_P99" | grep . | median)
+printf '%-10s %14.0f %14s %8s %10s ms   (stock %s, 100000 users, 256 conns; exact wins: %s)\n' \
+  sell-out "$so" - - "$sop" "$STOCK" "$([[ $SO_OK == 1 ]] && echo yes || echo NO)"
+printf '%-10s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\n' \
+  worker "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
+[[ $SO_OK == 1 ]]
