@@ -92,12 +92,12 @@ fn label(route: &Result<Route<'_>, RouteError>) -> RouteLabel {
     }
 }
 
-/// An answer the loop gives: the code, its `data`, any extra header.
-type Answer = (Code, Option<String>, Extra);
+/// A refusal the loop gives on its own: the code and any extra header.
+type Answer = (Code, Extra);
 
 impl Public {
     fn cart_add(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Answer> {
-        let plain = |code| (code, None, Extra::None);
+        let plain = |code| (code, Extra::None);
         let uid = self.verify(req, now)?;
         if self.blacklist.contains(uid) {
             return Err(plain(Code::Blocked));
@@ -120,7 +120,7 @@ impl Public {
             Take::Lease(lease) => lease,
             Take::NoStock => return Err(plain(Code::NoStock)),
             Take::AlreadyPurchased => return Err(plain(Code::AlreadyPurchased)),
-            Take::Queued => return Err((Code::Busy, None, Extra::RetryAfter)),
+            Take::Queued => return Err((Code::Busy, Extra::RetryAfter)),
             Take::Unknown => return Err(plain(Code::NotFound)),
         };
         // Each refusal below drops the lease, which gives the unit back.
@@ -128,7 +128,7 @@ impl Public {
             return Err(plain(Code::RedisError));
         }
         if self.queue.is_full() {
-            return Err((Code::Busy, None, Extra::RetryAfter));
+            return Err((Code::Busy, Extra::RetryAfter));
         }
         Ok(Claim::Sale {
             attempt: Attempt {
@@ -142,35 +142,30 @@ impl Public {
     }
 
     fn verify<'r>(&self, req: &Request<'r>, now: Now<'_>) -> Result<&'r str, Answer> {
-        let header = req
-            .authorization
-            .ok_or((Code::Unauthorized, None, Extra::None))?;
+        let header = req.authorization.ok_or((Code::Unauthorized, Extra::None))?;
         self.signer
             .verify(header, now.unix_s)
-            .map_err(|_| (Code::Unauthorized, None, Extra::None))
+            .map_err(|_| (Code::Unauthorized, Extra::None))
     }
 
     fn result(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Answer> {
         let uid = self.verify(req, now)?;
         let (event_id, goods_id) =
-            ids_from_query(req.query).ok_or((Code::BadRequest, None, Extra::None))?;
+            ids_from_query(req.query).ok_or((Code::BadRequest, Extra::None))?;
+        let known = self
+            .catalog
+            .snapshot()
+            .events
+            .get(event_id)
+            .is_some_and(|e| e.has_goods(goods_id));
+        if !known {
+            return Err((Code::NotFound, Extra::None));
+        }
         Ok(Claim::Result {
             event_id: event_id.to_string(),
             goods_id: goods_id.to_string(),
             uid: uid.to_string(),
         })
-    }
-
-    fn event_info(&self, req: &Request<'_>) -> Answer {
-        let Some(event_id) =
-            query_param(req.query, "event_id").filter(|id| valid_id(id.as_bytes()))
-        else {
-            return (Code::BadRequest, None, Extra::None);
-        };
-        match self.catalog.snapshot().events.get(event_id) {
-            Some(view) => (Code::Ok, Some(view.json.clone()), Extra::None),
-            None => (Code::NotFound, None, Extra::None),
-        }
     }
 }
 
@@ -217,10 +212,10 @@ impl Service for Public {
     fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Handled<Claim> {
         let route = route::public(req.method, req.path);
         let lbl = label(&route);
-        let (code, data, extra) = match route {
-            Err(RouteError::NotFound) => (Code::NotFound, None, Extra::None),
+        let (code, extra) = match route {
+            Err(RouteError::NotFound) => (Code::NotFound, Extra::None),
             Err(RouteError::MethodNotAllowed(allow)) => {
-                (Code::MethodNotAllowed, None, Extra::Allow(allow))
+                (Code::MethodNotAllowed, Extra::Allow(allow))
             }
             Ok(Route::CartAdd) => match self.cart_add(req, now) {
                 Ok(claim) => return Handled::Hijack(claim),
@@ -230,15 +225,27 @@ impl Service for Public {
                 Ok(claim) => return Handled::Hijack(claim),
                 Err(answer) => answer,
             },
-            Ok(Route::EventList) => (
-                Code::Ok,
-                Some(self.catalog.snapshot().list_json.clone()),
-                Extra::None,
-            ),
-            Ok(Route::EventInfo) => self.event_info(req),
-            Ok(Route::Healthz) => (Code::Ok, None, Extra::None),
-            Ok(Route::Readyz) if self.catalog.ready() => (Code::Ok, None, Extra::None),
-            Ok(Route::Readyz) => (Code::NotReady, None, Extra::None),
+            // Reads are written straight from the snapshot's pre-encoded JSON.
+            Ok(Route::EventList) => {
+                let snap = self.catalog.snapshot();
+                self.metrics.count(lbl, Code::Ok);
+                return reply(out, req, now, Code::Ok, Some(&snap.list_json), Extra::None);
+            }
+            Ok(Route::EventInfo) => {
+                let snap = self.catalog.snapshot();
+                let (code, data) = match query_param(req.query, "event_id") {
+                    Some(id) if valid_id(id.as_bytes()) => match snap.events.get(id) {
+                        Some(view) => (Code::Ok, Some(view.json.as_str())),
+                        None => (Code::NotFound, None),
+                    },
+                    _ => (Code::BadRequest, None),
+                };
+                self.metrics.count(lbl, code);
+                return reply(out, req, now, code, data, Extra::None);
+            }
+            Ok(Route::Healthz) => (Code::Ok, Extra::None),
+            Ok(Route::Readyz) if self.catalog.ready() => (Code::Ok, Extra::None),
+            Ok(Route::Readyz) => (Code::NotReady, Extra::None),
             Ok(Route::Metrics) => {
                 self.metrics.count(lbl, Code::Ok);
                 let mut body = self
@@ -258,10 +265,10 @@ impl Service for Public {
                     Handled::Close
                 };
             }
-            Ok(_) => (Code::NotFound, None, Extra::None),
+            Ok(_) => (Code::NotFound, Extra::None),
         };
         self.metrics.count(lbl, code);
-        reply(out, req, now, code, data.as_deref(), extra)
+        reply(out, req, now, code, None, extra)
     }
 
     fn hijack(&mut self, conn: Hijacked, claim: Claim) {

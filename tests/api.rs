@@ -175,6 +175,9 @@ fn result_shows_none_then_the_win() {
         .get("/shop/result?event_id=e1&goods_id=g1", None)
         .assert(401, 4001, "unauthorized", "keep-alive");
     s.client()
+        .get("/shop/result?event_id=e1&goods_id=nope", Some(&auth))
+        .assert(404, 4004, "not found", "keep-alive");
+    s.client()
         .get("/shop/result?event_id=e1&goods_id=g:1", Some(&auth))
         .assert(400, 4000, "bad request", "close");
 }
