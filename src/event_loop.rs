@@ -42,7 +42,7 @@ use crate::codes::Code;
 use crate::conn::{Buffers, Conn, ReadOutcome, OUT_HIGH};
 use crate::hijack::{Drain, Hijacked};
 use crate::http::parse::{self, HttpError, Limits, Parsed};
-use crate::http::response::{self, DateCache, Extra};
+use crate::http::response::DateCache;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::service::{Handled, Now, Service};
 
@@ -127,7 +127,7 @@ pub fn answer_buffered<S: Service>(
                     HttpError::BodyTooLarge => Code::PayloadTooLarge,
                 };
                 metrics.count(RouteLabel::None, code);
-                response::write_json(out, code, None, false, now.date, Extra::None);
+                out.extend_from_slice(now.canned.get(code, false));
                 bufs.closing = true;
                 return Progress::Answered;
             }
@@ -292,7 +292,7 @@ impl<S: Service> EventLoop<S> {
     fn step(&mut self, key: usize) -> Next<S::Claim> {
         let (now, unix_s) = self.now();
         let limits = self.config.limits;
-        let date = self.date.get(unix_s);
+        let (date, canned) = self.date.stamp(unix_s);
         let Some(conn) = self.conns.get_mut(key) else {
             return Next::Keep;
         };
@@ -316,6 +316,7 @@ impl<S: Service> EventLoop<S> {
                 at: now,
                 unix_s,
                 date,
+                canned,
             };
             match answer_buffered(
                 &mut conn.bufs,
@@ -365,7 +366,7 @@ impl<S: Service> EventLoop<S> {
     fn sweep(&mut self, now: Instant) {
         let (read_timeout, keepalive) = (self.config.read_timeout, self.config.keepalive_timeout);
         let unix_s = self.clock.unix_s();
-        let date = self.date.get(unix_s);
+        let canned = self.date.stamp(unix_s).1;
         let mut expired = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
             let (deadline, half_read) = conn.bufs.deadline(read_timeout, keepalive);
@@ -374,14 +375,9 @@ impl<S: Service> EventLoop<S> {
             }
             if half_read && !conn.bufs.closing {
                 self.metrics.count(RouteLabel::None, Code::ReadTimeout);
-                response::write_json(
-                    &mut conn.bufs.out,
-                    Code::ReadTimeout,
-                    None,
-                    false,
-                    date,
-                    Extra::None,
-                );
+                conn.bufs
+                    .out
+                    .extend_from_slice(canned.get(Code::ReadTimeout, false));
                 let _ = conn.flush(now);
             }
             expired.push(key);

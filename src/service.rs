@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::codes::Code;
 use crate::hijack::Hijacked;
 use crate::http::parse::Request;
-use crate::http::response::{self, Extra};
+use crate::http::response::{self, Canned, Extra};
 
 /// The moment a request is handled, as the loop saw it.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +24,8 @@ pub struct Now<'a> {
     pub unix_s: u64,
     /// The `Date` header value.
     pub date: &'a str,
+    /// This second's pre-encoded fixed answers.
+    pub canned: &'a Canned,
 }
 
 /// What became of one request.
@@ -64,7 +66,10 @@ pub fn reply<C>(
     extra: Extra,
 ) -> Handled<C> {
     let keep = req.keep_alive && !code.closes();
-    response::write_json(out, code, data, keep, now.date, extra);
+    match (data, extra) {
+        (None, Extra::None) => out.extend_from_slice(now.canned.get(code, keep)),
+        _ => response::write_json(out, code, data, keep, now.date, extra),
+    }
     if keep {
         Handled::KeepOpen
     } else {

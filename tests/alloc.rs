@@ -98,10 +98,12 @@ fn loop_answered_requests_allocate_nothing_per_request() {
     let mut date = DateCache::new(0);
     let mut round = |bufs: &mut Buffers, unix_s: u64| {
         bufs.inbuf.extend_from_slice(&input);
+        let (date, canned) = date.stamp(unix_s);
         let now = Now {
             at: Instant::now(),
             unix_s,
-            date: date.get(unix_s),
+            date,
+            canned,
         };
         let progress = answer_buffered(bufs, &mut service, &limits, now, &metrics);
         assert!(matches!(progress, Progress::Answered), "{progress:?}");

@@ -15,6 +15,7 @@ use seckill::catalog::EventDef;
 use seckill::conn::Buffers;
 use seckill::event_loop::{answer_buffered, Progress};
 use seckill::http::parse::Limits;
+use seckill::http::response::DateCache;
 use seckill::metrics::Metrics;
 use seckill::public::Public;
 use seckill::queue::Consumer;
@@ -29,6 +30,7 @@ struct Harness {
     service: Public,
     metrics: Metrics,
     limits: Limits,
+    date: DateCache,
     // Kept so the queue stays open; tasks never reach it (claims are dropped).
     _consumer: Box<dyn Consumer>,
 }
@@ -53,6 +55,7 @@ fn harness() -> &'static Mutex<Harness> {
                 max_header_bytes: 8192,
                 max_body_bytes: 4096,
             },
+            date: DateCache::new(NOW_UNIX_S),
             _consumer: consumer,
         })
     })
@@ -94,10 +97,12 @@ fn check(mut out: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     let mut guard = harness().lock().unwrap_or_else(|e| e.into_inner());
     let h = &mut *guard;
+    let (date, canned) = h.date.stamp(NOW_UNIX_S);
     let now = Now {
         at: Instant::now(),
         unix_s: NOW_UNIX_S,
-        date: "Thu, 15 Jan 2027 08:00:00 GMT",
+        date,
+        canned,
     };
     let mut bufs = Buffers::new(now.at);
     bufs.inbuf.extend_from_slice(data);

@@ -15,34 +15,94 @@ use crate::codes::Code;
 /// Length of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
 const DATE_LEN: usize = 29;
 
-/// The `Date` header value, formatted once per second into a fixed buffer
-/// (no allocation, even when the second changes).
+/// The `Date` header value, formatted once per second into a fixed buffer,
+/// with every fixed answer of that second pre-encoded (`Canned`). Nothing
+/// allocates after the first second: the buffers are reused.
 #[derive(Debug, Clone)]
 pub struct DateCache {
     unix_s: u64,
     // INVARIANT: the IMF-fixdate of `unix_s`, 29 ASCII bytes.
     text: [u8; DATE_LEN],
+    // INVARIANT: encoded with `text`.
+    canned: Canned,
+}
+
+/// Every JSON answer without `data` or an extra header (1001 from memory,
+/// 4001, 404, ...), encoded in full for one second (the `Date` is in the
+/// bytes): the loop copies these rather than formatting them per request.
+#[derive(Debug, Clone)]
+pub struct Canned {
+    // INVARIANT: bufs[2 * (code as usize) + keep_alive as usize] holds that
+    // answer; `Code as usize` is its place in `Code::ALL` (a test checks).
+    bufs: Vec<Vec<u8>>,
+}
+
+impl Canned {
+    fn new(date: &str) -> Self {
+        let mut c = Canned {
+            bufs: vec![Vec::with_capacity(256); 2 * Code::ALL.len()],
+        };
+        c.encode(date);
+        c
+    }
+
+    fn encode(&mut self, date: &str) {
+        for code in Code::ALL {
+            for keep_alive in [false, true] {
+                if let Some(buf) = self
+                    .bufs
+                    .get_mut(2 * code as usize + usize::from(keep_alive))
+                {
+                    buf.clear();
+                    write_json(buf, code, None, keep_alive, date, Extra::None);
+                }
+            }
+        }
+    }
+
+    /// The full response for `code` with no data and no extra header.
+    pub fn get(&self, code: Code, keep_alive: bool) -> &[u8] {
+        self.bufs
+            .get(2 * code as usize + usize::from(keep_alive))
+            .map_or(&[][..], Vec::as_slice)
+    }
 }
 
 impl DateCache {
     /// A cache holding `unix_s`.
     pub fn new(unix_s: u64) -> Self {
+        let text = format_date(unix_s);
+        let canned = Canned::new(std::str::from_utf8(&text).unwrap_or(EPOCH_DATE));
         DateCache {
             unix_s,
-            text: format_date(unix_s),
+            text,
+            canned,
         }
     }
 
     /// The date text for `unix_s`, reformatted only when the second changed.
     pub fn get(&mut self, unix_s: u64) -> &str {
+        self.stamp(unix_s).0
+    }
+
+    /// The date text and the fixed answers for `unix_s`, re-encoded only
+    /// when the second changed.
+    pub fn stamp(&mut self, unix_s: u64) -> (&str, &Canned) {
         if unix_s != self.unix_s {
             self.unix_s = unix_s;
             self.text = format_date(unix_s);
+            // ASCII by construction; the fallback is never taken.
+            self.canned
+                .encode(std::str::from_utf8(&self.text).unwrap_or(EPOCH_DATE));
         }
-        // ASCII by construction; the fallback is never taken.
-        std::str::from_utf8(&self.text).unwrap_or("Thu, 01 Jan 1970 00:00:00 GMT")
+        (
+            std::str::from_utf8(&self.text).unwrap_or(EPOCH_DATE),
+            &self.canned,
+        )
     }
 }
+
+const EPOCH_DATE: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
 
 fn format_date(unix_s: u64) -> [u8; DATE_LEN] {
     let date =
@@ -208,6 +268,38 @@ mod tests {
         assert!(resp.contains("\r\nConnection: close\r\n"));
         let resp = text(Code::MethodNotAllowed, None, true, Extra::Allow("GET"));
         assert!(resp.contains("\r\nAllow: GET\r\n"));
+    }
+
+    #[test]
+    fn canned_answers_equal_encoded_ones_and_follow_the_date() {
+        for (i, code) in Code::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "Code::ALL is in declaration order");
+        }
+        let mut d = DateCache::new(1_795_000_000);
+        for code in Code::ALL {
+            for keep in [false, true] {
+                let mut fresh = Vec::new();
+                write_json(
+                    &mut fresh,
+                    code,
+                    None,
+                    keep,
+                    "Wed, 18 Nov 2026 11:06:40 GMT",
+                    Extra::None,
+                );
+                assert_eq!(
+                    d.stamp(1_795_000_000).1.get(code, keep),
+                    &fresh[..],
+                    "{code:?} {keep}"
+                );
+            }
+        }
+        let next =
+            String::from_utf8(d.stamp(1_795_000_001).1.get(Code::NoStock, true).to_vec()).unwrap();
+        assert!(
+            next.contains("Date: Wed, 18 Nov 2026 11:06:41 GMT\r\n"),
+            "{next}"
+        );
     }
 
     #[test]
