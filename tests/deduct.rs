@@ -73,7 +73,7 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 20)], 0, FAR);
     let text = config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0")
-        .replace("[redis]\n", "[redis]\ntimeout_ms = 5000\n");
+        .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
     let s = Seckill::start(&text);
     assert!(s.wait_for_event("e1", Duration::from_secs(3)));
     let metric = |line: &str| {
@@ -90,7 +90,8 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    let _: () = redis.cmd(&["CLIENT", "PAUSE", "800", "WRITE"]);
+    // Held until UNPAUSE below (15 s at most, should the test fail first).
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
     let mut first = s.client();
     first.send(&buy_bytes("u0", "e1", "g1", ""));
     metric("seckill_tokens_spent_total 1");
@@ -101,11 +102,41 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
             c
         })
         .collect();
-    metric("seckill_queue_depth 9");
+    // Every attempt is in the worker's batch or in the queue (some may
+    // have joined u0's batch as it was sent).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
+        let value = |name: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if value("seckill_tokens_spent_total") + value("seckill_queue_depth") == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the attempts never all arrived:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
     first.read().assert(200, 0, "ok", "close");
     for c in &mut rest {
         c.read().assert(200, 0, "ok", "close");
     }
-    metric("seckill_redis_round_trip_seconds_count 2");
+    // u0's round trip, then one for everything queued behind it.
+    let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
+    let trips: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("seckill_redis_round_trip_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..=2).contains(&trips),
+        "10 attempts took {trips} round trips"
+    );
     assert_eq!(redis.hlen_buyers("e1", "g1"), 10);
 }

@@ -200,12 +200,19 @@ fn blacklisted_uid_gets_403_and_the_file_reloads_within_a_second() {
 fn client_hanging_up_while_queued_keeps_its_sale() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 5)], 0, FAR);
-    // Redis calls may wait out the pause below.
-    let text = config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0")
-        .replace("[redis]\n", "[redis]\ntimeout_ms = 5000\n");
+    // Redis calls may wait out the pause below. One token: u2 cannot join
+    // u1's batch, it waits in the queue.
+    let text = config(
+        &redis,
+        "",
+        "rate = 20\nburst = 1",
+        "nodes = 1\nfactor = 1.0",
+    )
+    .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
     let s = Seckill::start(&text);
     assert!(s.wait_for_event("e1", Duration::from_secs(3)));
-    let _: () = redis.cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]);
+    // Held until UNPAUSE below (15 s at most, should the test fail first).
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
     let mut u1 = s.client();
     u1.send(&buy_bytes("u1", "e1", "g1", ""));
     assert!(metric_within(
@@ -221,6 +228,7 @@ fn client_hanging_up_while_queued_keeps_its_sale() {
         Duration::from_secs(5)
     ));
     drop(u2); // hangs up while queued
+    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
 
     u1.read().assert(200, 0, "ok", "close");
     // The worker went on with u2's sale: the order stands and shows.

@@ -2,9 +2,10 @@
 //! (issue 2). Each test sizes the node's share so that a missing give-back
 //! turns a later win into 1001.
 //!
-//! `CLIENT PAUSE <ms> WRITE` holds every script on the Redis for a while
-//! (it takes effect before the command returns), which keeps the worker busy
-//! on one deduct deterministically: no sleeps needed.
+//! `CLIENT PAUSE <ms> WRITE` holds every script on the Redis (it takes
+//! effect before the command returns) until `CLIENT UNPAUSE`, which keeps
+//! the worker busy on one deduct for exactly as long as a test needs: the
+//! state is set up through readiness checks on `/metrics`, then released.
 
 mod support;
 
@@ -16,7 +17,7 @@ const FAR: u64 = 4_102_444_800;
 
 fn start(redis: &RedisServer, server: &str, queue: &str) -> Seckill {
     let cfg = config(redis, server, queue, "nodes = 1\nfactor = 1.0")
-        .replace("[redis]\n", "[redis]\ntimeout_ms = 5000\n");
+        .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
     let s = Seckill::start(&cfg);
     assert!(s.wait_for_event("e1", Duration::from_secs(3)));
     s
@@ -79,9 +80,17 @@ fn redis_error_gives_the_unit_back() {
 fn queue_timeout_answers_1003_and_gives_the_unit_back() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 3)], 0, FAR);
-    let s = start(&redis, "request_timeout_ms = 200", "rate = 0");
-    let _: () = redis.cmd(&["CLIENT", "PAUSE", "800", "WRITE"]);
-    let mut clients: Vec<Client> = ["u1", "u2", "u3"]
+    // One token at a time: right after u1 takes it there is none to spare, so u2 and
+    // u3 cannot join u1's batch; they wait in the queue.
+    let s = start(&redis, "request_timeout_ms = 200", "rate = 20\nburst = 1");
+    // Held until UNPAUSE below (15 s at most, should the test fail first).
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
+    let mut u1 = s.client();
+    u1.send(&buy_bytes("u1", "e1", "g1", ""));
+    // u1 is in the worker, held by the pause; only then do u2 and u3 queue
+    // (sent earlier, they could join u1's batch and not wait in the queue).
+    wait_metric(&s, "seckill_tokens_spent_total 1");
+    let mut waiting: Vec<Client> = ["u2", "u3"]
         .iter()
         .map(|uid| {
             let mut c = s.client();
@@ -89,14 +98,14 @@ fn queue_timeout_answers_1003_and_gives_the_unit_back() {
             c
         })
         .collect();
-    let codes: Vec<i64> = clients.iter_mut().map(|c| c.read().code()).collect();
-    let mut sorted = codes.clone();
-    sorted.sort();
-    assert_eq!(
-        sorted,
-        vec![0, 1003, 1003],
-        "one deduct held by the pause, two expired: {codes:?}"
-    );
+    wait_metric(&s, "seckill_queue_depth 2");
+    // Let them grow older than request_timeout_ms while queued.
+    std::thread::sleep(Duration::from_millis(300));
+    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+    u1.read().assert(200, 0, "ok", "close");
+    for c in &mut waiting {
+        c.read().assert(503, 1003, "request timeout", "close");
+    }
     // Share 3, one sold: two units are back.
     s.client()
         .buy("u4", "e1", "g1")
@@ -111,8 +120,10 @@ fn queue_timeout_answers_1003_and_gives_the_unit_back() {
 fn full_queue_answers_1004_and_gives_the_unit_back() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 4)], 0, FAR);
-    let s = start(&redis, "", "rate = 0\nsize = 1");
-    let _: () = redis.cmd(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    // One token at a time: u2 cannot join u1's batch, it waits in the queue (size 1).
+    let s = start(&redis, "", "rate = 20\nburst = 1\nsize = 1");
+    // Held until UNPAUSE below (15 s at most, should the test fail first).
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
     let mut u1 = s.client();
     u1.send(&buy_bytes("u1", "e1", "g1", ""));
     wait_metric(&s, "seckill_tokens_spent_total 1"); // u1 is in the worker
@@ -128,6 +139,7 @@ fn full_queue_answers_1004_and_gives_the_unit_back() {
     r.assert(503, 1004, "busy", "keep-alive");
     assert_eq!(r.header("retry-after"), Some("1"));
 
+    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
     u1.read().assert(200, 0, "ok", "close");
     u2.read().assert(200, 0, "ok", "close");
     // Share 4, two sold, u3's unit back: two more wins.
