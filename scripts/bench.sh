@@ -9,6 +9,8 @@
 #                one request per connection; wins must equal the stock
 #   worker       the worker alone, queue kept full (examples/worker_alone),
 #                vs redis-benchmark -P 16 running the same Lua script
+#   memory       server RSS growth per idle keep-alive connection at 10 000
+#                connections (examples/idle_conns)
 #
 # Options: --rounds N (3)  --duration S (5, per wrk run)  --connections N (64)
 #          --threads N (seckill server.threads; default 0 = one per core)
@@ -36,9 +38,10 @@ need redis-benchmark redis-tools
 need wrk wrk
 need nginx nginx-light
 echo "building (release)..." >&2
-cargo build --release --quiet --bin seckill --example worker_alone
+cargo build --release --quiet --bin seckill --example worker_alone --example idle_conns
 BIN=$PWD/target/release/seckill
 WORKER=$PWD/target/release/examples/worker_alone
+IDLE=$PWD/target/release/examples/idle_conns
 
 RUN=$(mktemp -d /tmp/seckill-bench.XXXXXX)
 PIDS=()
@@ -103,7 +106,8 @@ url = "redis://127.0.0.1:$RPORT/"
 rate = 0
 TOML
 RUST_LOG=warn "$BIN" serve --config "$RUN/seckill.toml" >"$RUN/seckill.out" 2>"$RUN/seckill.log" &
-PIDS+=($!)
+SPID=$!
+PIDS+=($SPID)
 wait_http "http://127.0.0.1:$SPORT" "$RUN/seckill.log"
 
 # ---- nginx: the same "no stock" JSON to every request ----
@@ -195,6 +199,11 @@ for r in $(seq "$ROUNDS"); do
   log "sell-out round $r: $rps req/s, p99 $p99 ms, wins $wins, HLEN $hlen, XLEN $xlen, stock $left: $ok"
 done
 
+# ---- memory per idle keep-alive connection, 10 000 of them ----
+MEM=$("$IDLE" --addr "127.0.0.1:$SPORT" --pid "$SPID" --conns 10000 2>/dev/null || true)
+MEM_PER=$(sed -E 's/.*bytes_per_conn=([0-9]+).*/\1/' <<<"$MEM")
+log "idle connections: ${MEM:-failed}"
+
 # ---- the worker alone vs redis-benchmark on the same script ----
 W_OUT=$("$WORKER" --redis "redis://127.0.0.1:$RPORT/" --goods w --tasks 5000 --rounds 4 2>/dev/null)
 W_RATE=$(sed -E 's/.*deducts_per_s=([0-9]+).*/\1/' <<<"$W_OUT")
@@ -224,7 +233,9 @@ done
 so=$(tr ' ' '\n' <<<"$SO_RPS" | grep . | median)
 sop=$(tr ' ' '\n' <<<"$SO_P99" | grep . | median)
 printf '%-10s %14.0f %14s %8s %10s ms   (stock %s, 100000 users, 256 conns; exact wins: %s)\n' \
-  sell-out "$so" - - "$sop" "$STOCK" "$([[ $SO_OK == 1 ]] && echo yes || echo NO)"
+  sell-out "$so" - - "$sop" "$STOCK" "$(printf '%-10s %14s %14s %8s   (RSS bytes per idle keep-alive connection, 10000 connections)\n' \
+  memory "${MEM_PER:-?}" - -
+[[ $SO_OK == 1 ]] && echo yes || echo NO)"
 printf '%-10s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\n' \
   worker "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
 [[ $SO_OK == 1 ]]

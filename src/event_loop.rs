@@ -26,6 +26,9 @@
 //!    header count, the read deadline (408), the keep-alive timeout, the
 //!    unflushed-output bound, and `max_connections` (an accept beyond it is
 //!    closed at once, which also empties the backlog: no busy loop).
+//! 7. **Idle connections hold no buffers.** The loop lends its read and
+//!    write buffers to the connection it drives and takes them back after,
+//!    unless a half-read request or unsent bytes must stay with it.
 //!
 //! Never: waits on Redis or on any lock held by another thread for long.
 
@@ -83,6 +86,9 @@ pub struct EventLoop<S: Service> {
     // Whether the last accept failed (out of descriptors): logged once per
     // change, so an attack that exhausts descriptors does not flood the log.
     accept_failing: bool,
+    // The buffers lent to the connection being driven (rule 7).
+    spare_in: Vec<u8>,
+    spare_out: Vec<u8>,
 }
 
 /// What `answer_buffered` did.
@@ -145,6 +151,16 @@ pub fn answer_buffered<S: Service>(
     progress
 }
 
+/// Empties `buf`, keeps the larger allocation of the two as `spare`, and
+/// leaves `buf` with none.
+fn give_back(spare: &mut Vec<u8>, buf: &mut Vec<u8>) {
+    buf.clear();
+    if buf.capacity() > spare.capacity() {
+        std::mem::swap(buf, spare);
+    }
+    *buf = Vec::new();
+}
+
 /// What to do with a connection after driving it.
 enum Next<C> {
     Keep,
@@ -182,6 +198,8 @@ impl<S: Service> EventLoop<S> {
             stop,
             metrics,
             accept_failing: false,
+            spare_in: Vec::with_capacity(2 * crate::conn::READ_CHUNK),
+            spare_out: Vec::with_capacity(2 * crate::conn::READ_CHUNK),
         })
     }
 
@@ -282,10 +300,56 @@ impl<S: Service> EventLoop<S> {
 
     /// Reads, answers and writes until the socket would block.
     fn drive(&mut self, key: usize) {
-        match self.step(key) {
+        self.lend(key);
+        let next = self.step(key);
+        // Keep: a half-read request and unsent bytes stay with the
+        // connection. Hijack: unsent bytes travel with the task. Close: none.
+        match next {
+            Next::Keep => self.reclaim(key, true, true),
+            Next::Hijack(_) => self.reclaim(key, false, true),
+            Next::Close => self.reclaim(key, false, false),
+        }
+        match next {
             Next::Keep => {}
             Next::Close => self.close(key),
             Next::Hijack(claim) => self.hijack(key, claim),
+        }
+    }
+
+    /// Rule 7: a connection borrows the loop's buffers while it is driven.
+    /// An idle keep-alive connection then holds no buffer at all (its
+    /// memory is its small `Conn`), and the buffers' capacity is reused from
+    /// one connection to the next, so answering allocates nothing.
+    fn lend(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let b = &mut conn.bufs;
+            if b.inbuf.capacity() == 0 {
+                std::mem::swap(&mut b.inbuf, &mut self.spare_in);
+            }
+            if b.out.capacity() == 0 {
+                std::mem::swap(&mut b.out, &mut self.spare_out);
+            }
+        }
+    }
+
+    /// Takes the buffers back unless the connection must keep their bytes:
+    /// a half-read request (`keep_partial`) or unsent answers
+    /// (`keep_pending`). A connection that keeps one keeps that buffer (the
+    /// loop grows a new one when it next needs it); afterwards the larger of
+    /// the two returns to the loop and the other is freed, so an idle
+    /// connection always ends with none.
+    fn reclaim(&mut self, key: usize, keep_partial: bool, keep_pending: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let b = &mut conn.bufs;
+        if !keep_partial || b.unparsed().is_empty() {
+            b.read_start = 0;
+            give_back(&mut self.spare_in, &mut b.inbuf);
+        }
+        if !keep_pending || b.pending_out() == 0 {
+            b.out_pos = 0;
+            give_back(&mut self.spare_out, &mut b.out);
         }
     }
 

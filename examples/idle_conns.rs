@@ -1,0 +1,65 @@
+//! Memory per idle keep-alive connection, as the server's RSS sees it.
+//!
+//! Opens `--conns` connections to `--addr`, makes one request on each (so
+//! every connection has been served and is now idle, kept alive), then
+//! reads the server's `VmRSS` from `/proc/<--pid>/status` and prints the
+//! growth per connection. `scripts/bench.sh` runs it at 10 000 connections.
+//!
+//! `cargo run --release --example idle_conns -- --addr 127.0.0.1:8080 --pid 1234 --conns 10000`
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn rss_kib(pid: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or("no VmRSS line")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("bad VmRSS line")?
+        .parse()?)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr: SocketAddr = arg("--addr", "127.0.0.1:8080").parse()?;
+    let pid = arg("--pid", "");
+    let conns: usize = arg("--conns", "10000").parse()?;
+    let before = rss_kib(&pid)?;
+    let mut held = Vec::with_capacity(conns);
+    let mut buf = [0u8; 1024];
+    for _ in 0..conns {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut got = 0;
+        // The answer is small and ends with the body `...null}`.
+        while got == 0 || buf[got - 1] != b'}' {
+            let n = s.read(&mut buf[got..])?;
+            if n == 0 {
+                return Err("server closed a keep-alive connection".into());
+            }
+            got += n;
+        }
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(&pid)?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / conns as f64;
+    println!(
+        "IDLE conns={conns} rss_before_kib={before} rss_after_kib={after} bytes_per_conn={per:.0}"
+    );
+    drop(held);
+    Ok(())
+}
