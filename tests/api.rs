@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::{
-    buy_bytes, config, now_s, raw, token, token_exp, Client, RedisServer, Seckill, ADMIN_KEY,
-    SECRET,
+    buy_bytes, config, metric_value, now_s, raw, token, token_exp, Client, RedisServer, Seckill,
+    ADMIN_KEY, SECRET,
 };
 
 const FAR: u64 = 4_102_444_800;
@@ -583,17 +583,10 @@ fn token_command_prints_tokens_the_server_accepts() {
     }
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn metrics_move_with_traffic() {
     let (_redis, s) = setup(&[("g1", 5), ("g0", 0)]);
-    let scrape = || String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
+    let scrape = || s.metrics();
     let before = scrape();
     let mut kept = s.client();
     kept.buy("a", "e1", "g0")
@@ -606,27 +599,27 @@ fn metrics_move_with_traffic() {
     let after = scrape();
     let no_stock = "seckill_responses_total{route=\"cart_add\",code=\"1001\"}";
     assert_eq!(
-        metric(&after, no_stock) - metric(&before, no_stock),
+        metric_value(&after, no_stock) - metric_value(&before, no_stock),
         2.0,
         "{after}"
     );
     let won = "seckill_worker_responses_total{code=\"0\"}";
-    assert_eq!(metric(&after, won) - metric(&before, won), 1.0);
+    assert_eq!(metric_value(&after, won) - metric_value(&before, won), 1.0);
     assert_eq!(
-        metric(&after, "seckill_tokens_spent_total")
-            - metric(&before, "seckill_tokens_spent_total"),
+        metric_value(&after, "seckill_tokens_spent_total")
+            - metric_value(&before, "seckill_tokens_spent_total"),
         1.0
     );
     let rtt = "seckill_redis_round_trip_seconds_count";
-    assert_eq!(metric(&after, rtt) - metric(&before, rtt), 1.0);
+    assert_eq!(metric_value(&after, rtt) - metric_value(&before, rtt), 1.0);
     assert!(
-        metric(&after, "seckill_open_connections") >= 2.0,
+        metric_value(&after, "seckill_open_connections") >= 2.0,
         "the kept and the scraping connection"
     );
-    assert_eq!(metric(&after, "seckill_queue_depth"), 0.0);
-    assert_eq!(metric(&after, "seckill_breaker_open"), 0.0);
+    assert_eq!(metric_value(&after, "seckill_queue_depth"), 0.0);
+    assert_eq!(metric_value(&after, "seckill_breaker_open"), 0.0);
     assert_eq!(
-        metric(&after, "seckill_stock_share{event=\"e1\",goods=\"g1\"}"),
+        metric_value(&after, "seckill_stock_share{event=\"e1\",goods=\"g1\"}"),
         4.0
     );
     for line in after.lines().filter(|l| !l.starts_with('#')) {

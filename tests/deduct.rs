@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use seckill::attempt::Attempt;
 use seckill::deduct::{script_sha, DeductOutcome, Deducter, SCRIPT};
-use support::{buy_bytes, config, RedisServer, Seckill};
+use support::{buy_bytes, config, metric_value, RedisServer, Seckill};
 
 const FAR: u64 = 4_102_444_800;
 
@@ -77,18 +77,10 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
     let s = Seckill::start(&text);
     assert!(s.wait_for_event("e1", Duration::from_secs(3)));
     let metric = |line: &str| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
-            if m.lines().any(|l| l == line) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "metric {line:?} never appeared:\n{m}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert!(
+            s.wait_metric(line, Duration::from_secs(5)),
+            "metric {line:?} never appeared"
+        )
     };
     // Held until UNPAUSE below (15 s at most, should the test fail first).
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
@@ -106,14 +98,9 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
     // have joined u0's batch as it was sent).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
-        let value = |name: &str| {
-            m.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        if value("seckill_tokens_spent_total") + value("seckill_queue_depth") == 10 {
+        let m = s.metrics();
+        let value = |name: &str| metric_value(&m, name);
+        if value("seckill_tokens_spent_total") + value("seckill_queue_depth") == 10.0 {
             break;
         }
         assert!(
@@ -128,14 +115,9 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
         c.read().assert(200, 0, "ok", "close");
     }
     // u0's round trip, then one for everything queued behind it.
-    let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
-    let trips: u64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("seckill_redis_round_trip_seconds_count "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let trips = s.metric("seckill_redis_round_trip_seconds_count");
     assert!(
-        (1..=2).contains(&trips),
+        (1.0..=2.0).contains(&trips),
         "10 attempts took {trips} round trips"
     );
     assert_eq!(redis.hlen_buyers("e1", "g1"), 10);

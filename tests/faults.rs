@@ -17,30 +17,12 @@ fn start(redis: &RedisServer, server: &str, extra: &str) -> Seckill {
     s
 }
 
-fn metrics(s: &Seckill) -> String {
-    String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned()
-}
-
-/// Polls `/metrics` until `line` is there; false after `within`.
-fn metric_within(s: &Seckill, line: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if metrics(s).lines().any(|l| l == line) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn redis_down_opens_the_breaker_and_sales_resume_when_it_is_back() {
     let mut redis = RedisServer::start();
     redis.seed("e1", &[("g1", 10)], 0, FAR);
     let s = start(&redis, "", "[breaker]\nfailures = 3\nprobe_ms = 300\n");
-    let text = |s: &Seckill| metrics(s);
+    let text = |s: &Seckill| s.metrics();
     redis.stop();
 
     // Failures in a row, answered by the worker (hijacked: close).
@@ -123,22 +105,23 @@ fn sold_out_on_one_node_is_sold_out_on_the_other_within_a_second() {
         .buy("u3", "e1", "g1")
         .assert(200, 1001, "no stock", "close");
     assert!(
-        metric_within(
-            &b,
+        b.wait_metric(
             "seckill_stock_share{event=\"e1\",goods=\"g1\"} 0",
             Duration::from_secs(1)
         ),
         "node b's share reached 0 within 1 s"
     );
     // From memory now: keep-alive, and no token spent on b for it.
-    let spent = metrics(&b)
+    let spent = b
+        .metrics()
         .lines()
         .find(|l| l.starts_with("seckill_tokens_spent_total"))
         .map(String::from);
     b.client()
         .buy("u4", "e1", "g1")
         .assert(200, 1001, "no stock", "keep-alive");
-    let after = metrics(&b)
+    let after = b
+        .metrics()
         .lines()
         .find(|l| l.starts_with("seckill_tokens_spent_total"))
         .map(String::from);
@@ -215,30 +198,17 @@ fn client_hanging_up_while_queued_keeps_its_sale() {
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
     let mut u1 = s.client();
     u1.send(&buy_bytes("u1", "e1", "g1", ""));
-    assert!(metric_within(
-        &s,
-        "seckill_tokens_spent_total 1",
-        Duration::from_secs(5)
-    ));
+    assert!(s.wait_metric("seckill_tokens_spent_total 1", Duration::from_secs(5)));
     let mut u2 = s.client();
     u2.send(&buy_bytes("u2", "e1", "g1", ""));
-    assert!(metric_within(
-        &s,
-        "seckill_queue_depth 1",
-        Duration::from_secs(5)
-    ));
+    assert!(s.wait_metric("seckill_queue_depth 1", Duration::from_secs(5)));
     drop(u2); // hangs up while queued
     let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
 
     u1.read().assert(200, 0, "ok", "close");
     // The worker went on with u2's sale: the order stands and shows.
-    assert!(metric_within(
-        &s,
-        "seckill_queue_depth 0",
-        Duration::from_secs(5)
-    ));
-    assert!(metric_within(
-        &s,
+    assert!(s.wait_metric("seckill_queue_depth 0", Duration::from_secs(5)));
+    assert!(s.wait_metric(
         "seckill_worker_responses_total{code=\"0\"} 2",
         Duration::from_secs(5)
     ));

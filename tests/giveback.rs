@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{buy_bytes, config, Client, RedisServer, Seckill};
 
@@ -23,17 +23,12 @@ fn start(redis: &RedisServer, server: &str, queue: &str) -> Seckill {
     s
 }
 
-/// Polls `/metrics` until `line` appears (a readiness check, not a sleep).
+/// Waits until `/metrics` shows `line` (a readiness check, not a sleep).
 fn wait_metric(s: &Seckill, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        let m = s.client().get("/metrics", None);
-        if String::from_utf8_lossy(&m.body).lines().any(|l| l == line) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("metric line {line:?} never appeared");
+    assert!(
+        s.wait_metric(line, Duration::from_secs(5)),
+        "metric line {line:?} never appeared"
+    );
 }
 
 #[test]

@@ -209,13 +209,8 @@ fn thousands_of_idle_connections_do_not_stop_others() {
         c.buy("bob", "e1", "g0")
             .assert(200, 1001, "no stock", "keep-alive");
     }
-    let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
-    let open: i64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("seckill_open_connections "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(open > 3000, "the idle connections are held: {open}");
+    let open = s.metric("seckill_open_connections");
+    assert!(open > 3000.0, "the idle connections are held: {open}");
 }
 
 fn cpu_ticks(pid: u32) -> u64 {

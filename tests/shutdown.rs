@@ -11,14 +11,6 @@ use support::{buy_bytes, config, Client, RedisServer, Seckill};
 const FAR: u64 = 4_102_444_800;
 const CLIENTS: usize = 300;
 
-fn queue_depth(s: &Seckill) -> usize {
-    let m = String::from_utf8_lossy(&s.client().get("/metrics", None).body).into_owned();
-    m.lines()
-        .find_map(|l| l.strip_prefix("seckill_queue_depth "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn sigterm_answers_every_queued_task_and_exits_0_in_time() {
     let redis = RedisServer::start();
@@ -43,7 +35,7 @@ fn sigterm_answers_every_queued_task_and_exits_0_in_time() {
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while queue_depth(&s) < 250 {
+    while s.metric("seckill_queue_depth") < 250.0 {
         assert!(Instant::now() < deadline, "the queue never filled");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -266,6 +266,31 @@ impl Seckill {
         false
     }
 
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        String::from_utf8_lossy(&self.client().get("/metrics", None).body).into_owned()
+    }
+
+    /// The value of metric `name` (full name, labels included); 0 if absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.metrics(), name)
+    }
+
+    /// Polls `/metrics` until a line equals `line` (a readiness check, not
+    /// a sleep); false after `within`.
+    pub fn wait_metric(&self, line: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.metrics().lines().any(|l| l == line) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -286,6 +311,15 @@ impl Drop for Seckill {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of metric `name` (full name, labels included) in a
+/// `/metrics` text; 0 if absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A user token, minted the way `seckill token` does.
