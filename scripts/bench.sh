@@ -233,9 +233,9 @@ done
 so=$(tr ' ' '\n' <<<"$SO_RPS" | grep . | median)
 sop=$(tr ' ' '\n' <<<"$SO_P99" | grep . | median)
 printf '%-10s %14.0f %14s %8s %10s ms   (stock %s, 100000 users, 256 conns; exact wins: %s)\n' \
-  sell-out "$so" - - "$sop" "$STOCK" "$(printf '%-10s %14s %14s %8s   (RSS bytes per idle keep-alive connection, 10000 connections)\n' \
-  memory "${MEM_PER:-?}" - -
-[[ $SO_OK == 1 ]] && echo yes || echo NO)"
+  sell-out "$so" - - "$sop" "$STOCK" "$([[ $SO_OK == 1 ]] && echo yes || echo NO)"
 printf '%-10s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\n' \
   worker "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
+printf '%-10s %14s %14s %8s   (RSS bytes per idle keep-alive connection, 10000 connections)\n' \
+  memory "${MEM_PER:-?}" - -
 [[ $SO_OK == 1 ]]
