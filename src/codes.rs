@@ -44,7 +44,8 @@ pub enum Code {
 }
 
 impl Code {
-    /// Every code, for tables and tests.
+    /// Every code, for tables and tests. INVARIANT: in declaration order,
+    /// so `code as usize` is a code's place here (a test checks).
     pub const ALL: [Code; 17] = [
         Code::Ok,
         Code::NoStock,
@@ -174,5 +175,13 @@ mod tests {
             assert_eq!(code.msg(), msg, "{code:?}");
         }
         assert_eq!(Code::ALL.len(), table.len());
+    }
+
+    #[test]
+    fn code_as_usize_is_its_place_in_all() {
+        // metrics and the canned answers index arrays by `code as usize`.
+        for (i, code) in Code::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code:?}");
+        }
     }
 }

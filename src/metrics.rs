@@ -86,7 +86,9 @@ impl Default for Metrics {
 }
 
 fn code_index(code: Code) -> usize {
-    Code::ALL.iter().position(|c| *c == code).unwrap_or(0)
+    // `Code as usize` is its place in `Code::ALL` (an invariant of codes.rs,
+    // checked by its tests), so counting needs no search.
+    code as usize
 }
 
 fn route_index(route: RouteLabel) -> usize {
