@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use seckill::attempt::Attempt;
 use seckill::deduct::{script_sha, DeductOutcome, Deducter, SCRIPT};
-use support::{buy_bytes, config, metric_value, RedisServer, Seckill};
+use support::{buy_bytes, config, hold_worker, metric_value, release_worker, RedisServer, Seckill};
 
 const FAR: u64 = 4_102_444_800;
 
@@ -76,17 +76,7 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
         .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
     let s = Seckill::start(&text);
     assert!(s.wait_for_event("e1", Duration::from_secs(3)));
-    let metric = |line: &str| {
-        assert!(
-            s.wait_metric(line, Duration::from_secs(5)),
-            "metric {line:?} never appeared"
-        )
-    };
-    // Held until UNPAUSE below (15 s at most, should the test fail first).
-    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
-    let mut first = s.client();
-    first.send(&buy_bytes("u0", "e1", "g1", ""));
-    metric("seckill_tokens_spent_total 1");
+    let mut first = hold_worker(&redis, &s, "u0", "g1");
     let mut rest: Vec<_> = (1..=9)
         .map(|i| {
             let mut c = s.client();
@@ -109,7 +99,7 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+    release_worker(&redis);
     first.read().assert(200, 0, "ok", "close");
     for c in &mut rest {
         c.read().assert(200, 0, "ok", "close");

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{buy_bytes, config, RedisServer, Seckill};
+use support::{buy_bytes, config, hold_worker, release_worker, RedisServer, Seckill};
 
 const FAR: u64 = 4_102_444_800;
 
@@ -194,16 +194,12 @@ fn client_hanging_up_while_queued_keeps_its_sale() {
     .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
     let s = Seckill::start(&text);
     assert!(s.wait_for_event("e1", Duration::from_secs(3)));
-    // Held until UNPAUSE below (15 s at most, should the test fail first).
-    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
-    let mut u1 = s.client();
-    u1.send(&buy_bytes("u1", "e1", "g1", ""));
-    assert!(s.wait_metric("seckill_tokens_spent_total 1", Duration::from_secs(5)));
+    let mut u1 = hold_worker(&redis, &s, "u1", "g1");
     let mut u2 = s.client();
     u2.send(&buy_bytes("u2", "e1", "g1", ""));
     assert!(s.wait_metric("seckill_queue_depth 1", Duration::from_secs(5)));
     drop(u2); // hangs up while queued
-    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+    release_worker(&redis);
 
     u1.read().assert(200, 0, "ok", "close");
     // The worker went on with u2's sale: the order stands and shows.

@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{buy_bytes, config, Client, RedisServer, Seckill};
+use support::{buy_bytes, config, hold_worker, release_worker, Client, RedisServer, Seckill};
 
 const FAR: u64 = 4_102_444_800;
 
@@ -78,13 +78,9 @@ fn queue_timeout_answers_1003_and_gives_the_unit_back() {
     // One token at a time: right after u1 takes it there is none to spare, so u2 and
     // u3 cannot join u1's batch; they wait in the queue.
     let s = start(&redis, "request_timeout_ms = 200", "rate = 20\nburst = 1");
-    // Held until UNPAUSE below (15 s at most, should the test fail first).
-    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
-    let mut u1 = s.client();
-    u1.send(&buy_bytes("u1", "e1", "g1", ""));
-    // u1 is in the worker, held by the pause; only then do u2 and u3 queue
-    // (sent earlier, they could join u1's batch and not wait in the queue).
-    wait_metric(&s, "seckill_tokens_spent_total 1");
+    // u1 is in the worker, held; only then do u2 and u3 queue (sent
+    // earlier, they could join u1's batch and not wait in the queue).
+    let mut u1 = hold_worker(&redis, &s, "u1", "g1");
     let mut waiting: Vec<Client> = ["u2", "u3"]
         .iter()
         .map(|uid| {
@@ -96,7 +92,7 @@ fn queue_timeout_answers_1003_and_gives_the_unit_back() {
     wait_metric(&s, "seckill_queue_depth 2");
     // Let them grow older than request_timeout_ms while queued.
     std::thread::sleep(Duration::from_millis(300));
-    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+    release_worker(&redis);
     u1.read().assert(200, 0, "ok", "close");
     for c in &mut waiting {
         c.read().assert(503, 1003, "request timeout", "close");
@@ -117,11 +113,7 @@ fn full_queue_answers_1004_and_gives_the_unit_back() {
     redis.seed("e1", &[("g1", 4)], 0, FAR);
     // One token at a time: u2 cannot join u1's batch, it waits in the queue (size 1).
     let s = start(&redis, "", "rate = 20\nburst = 1\nsize = 1");
-    // Held until UNPAUSE below (15 s at most, should the test fail first).
-    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
-    let mut u1 = s.client();
-    u1.send(&buy_bytes("u1", "e1", "g1", ""));
-    wait_metric(&s, "seckill_tokens_spent_total 1"); // u1 is in the worker
+    let mut u1 = hold_worker(&redis, &s, "u1", "g1");
     let mut u2 = s.client();
     u2.send(&buy_bytes("u2", "e1", "g1", ""));
     wait_metric(&s, "seckill_queue_depth 1"); // u2 fills the queue
@@ -134,7 +126,7 @@ fn full_queue_answers_1004_and_gives_the_unit_back() {
     r.assert(503, 1004, "busy", "keep-alive");
     assert_eq!(r.header("retry-after"), Some("1"));
 
-    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+    release_worker(&redis);
     u1.read().assert(200, 0, "ok", "close");
     u2.read().assert(200, 0, "ok", "close");
     // Share 4, two sold, u3's unit back: two more wins.

@@ -313,6 +313,27 @@ impl Drop for Seckill {
     }
 }
 
+/// Holds the worker on one attempt: pauses every script on `redis` (for
+/// 15 s at most, should the test fail first), sends `uid`'s attempt for
+/// e1/`goods` and waits until `/metrics` shows the worker took its token.
+/// The worker then waits on Redis until `release_worker`. Returns the
+/// attempt's connection, whose answer comes after the release.
+pub fn hold_worker(redis: &RedisServer, s: &Seckill, uid: &str, goods: &str) -> Client {
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
+    let mut c = s.client();
+    c.send(&buy_bytes(uid, "e1", goods, ""));
+    assert!(
+        s.wait_metric("seckill_tokens_spent_total 1", Duration::from_secs(5)),
+        "the held attempt never reached the worker"
+    );
+    c
+}
+
+/// Lets the worker held by `hold_worker` go on.
+pub fn release_worker(redis: &RedisServer) {
+    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+}
+
 /// The value of metric `name` (full name, labels included) in a
 /// `/metrics` text; 0 if absent.
 pub fn metric_value(text: &str, name: &str) -> f64 {
