@@ -11,15 +11,21 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
+/// Memory per idle keep-alive connection.
+#[derive(clap::Parser)]
+struct Args {
+    /// The server's public address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// The server's process id (for /proc/PID/status).
+    #[arg(long)]
+    pid: u32,
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 10_000)]
+    conns: usize,
 }
 
-fn rss_kib(pid: &str) -> Result<u64, Box<dyn std::error::Error>> {
+fn rss_kib(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
@@ -33,10 +39,8 @@ fn rss_kib(pid: &str) -> Result<u64, Box<dyn std::error::Error>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: SocketAddr = arg("--addr", "127.0.0.1:8080").parse()?;
-    let pid = arg("--pid", "");
-    let conns: usize = arg("--conns", "10000").parse()?;
-    let before = rss_kib(&pid)?;
+    let Args { addr, pid, conns } = clap::Parser::parse();
+    let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(conns);
     let mut buf = [0u8; 1024];
     for _ in 0..conns {
@@ -55,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         held.push(s);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(&pid)?;
+    let after = rss_kib(pid)?;
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / conns as f64;
     println!(
         "IDLE conns={conns} rss_before_kib={before} rss_after_kib={after} bytes_per_conn={per:.0}"

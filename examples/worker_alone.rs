@@ -25,19 +25,30 @@ use seckill::queue;
 use seckill::stock::{Stock, Take};
 use seckill::worker::Worker;
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
+/// The worker alone, with its queue kept full.
+#[derive(clap::Parser)]
+struct Args {
+    /// Redis holding `seckill:{e1:<goods>}:stock`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+    redis: String,
+    /// Goods of event e1 to sell; its stock must cover every task.
+    #[arg(long, default_value = "w")]
+    goods: String,
+    /// Tasks queued per round.
+    #[arg(long, default_value_t = 5000)]
+    tasks: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let redis = arg("--redis", "redis://127.0.0.1:6379/");
-    let goods = arg("--goods", "w");
-    let tasks: usize = arg("--tasks", "5000").parse()?;
-    let rounds: usize = arg("--rounds", "4").parse()?;
+    let Args {
+        redis,
+        goods,
+        tasks,
+        rounds,
+    } = clap::Parser::parse();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let stock = Stock::new(1, 1.0);
     stock.learn("e1", &goods, i64::MAX / 2, 1);
