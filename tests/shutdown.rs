@@ -57,7 +57,7 @@ fn sigterm_answers_every_queued_task_and_exits_0_in_time() {
         assert_eq!(r.header("connection"), Some("close"));
         *codes.entry(r.code()).or_insert(0) += 1;
     }
-    eprintln!("answers at shutdown: {codes:?}");
+    eprintln!("answers at shutdown: {codes:?}; SIGTERM to exit: {took:?}");
     assert!(codes.keys().all(|c| *c == 0 || *c == 1003), "{codes:?}");
     assert_eq!(codes.values().sum::<usize>(), CLIENTS);
     let sold = redis.hlen_buyers("e1", "g1");
