@@ -65,11 +65,32 @@ fn listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<mio::net::Tcp
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
+/// Descriptors beyond `max_connections` the process needs for itself:
+/// listeners, Redis connections, hijacked sockets on their way to the
+/// worker and the drain thread.
+const FD_HEADROOM: u64 = 1024;
+
+/// Raises the soft open-file limit as far as `max_connections` needs (never
+/// past the hard limit). Many systems start processes at 1024, which would
+/// refuse connections long before `server.max_connections`.
+fn raise_fd_limit(max_connections: usize) {
+    let want = (max_connections as u64).saturating_add(FD_HEADROOM);
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => log::warn!(
+            "open-file limit is {got}, below server.max_connections + {FD_HEADROOM}: \
+             connections past it will be refused (raise the hard limit, e.g. LimitNOFILE)"
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("could not raise the open-file limit: {e}"),
+    }
+}
+
 /// Starts every thread; returns once the listeners are bound.
 pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     if config.auth.secret.is_empty() {
         return Err("auth.secret is empty: set a secret in the config file; the server refuses to start without one".into());
     }
+    raise_fd_limit(config.server.max_connections);
     let metrics = Metrics::default();
     let stop = Arc::new(AtomicBool::new(false));
     let redis_timeout = config.redis.timeout();

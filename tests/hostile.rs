@@ -254,3 +254,50 @@ fn connections_over_max_are_closed_without_busy_looping() {
         c.get("/healthz", None).assert(200, 0, "ok", "keep-alive");
     }
 }
+
+fn limits_line(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn start_up_raises_a_low_open_file_limit() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config(&redis, "max_connections = 5000", "", "")).expect("write config");
+    // Started the way many systems start services: a soft limit of 256.
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec {} serve --config {}",
+            env!("CARGO_BIN_EXE_seckill"),
+            path.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .expect("start line");
+    let limits = limits_line(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening on"), "{line}");
+    // "Max open files  <soft>  <hard>  files"
+    let nums: Vec<u64> = limits
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (soft, hard) = (nums[0], nums[1]);
+    assert!(
+        soft >= hard.min(5000 + 1024),
+        "soft limit {soft} (hard {hard}) after start-up: {limits}"
+    );
+    assert!(soft > 256);
+}
