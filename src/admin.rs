@@ -27,21 +27,19 @@ use crate::auth::valid_id;
 use crate::catalog::{EventDef, GoodsDef};
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::deduct::connect;
 use crate::hijack::Hijacked;
 use crate::http::parse::Request;
 use crate::http::response::Extra;
 use crate::keys::{self, GoodsKeys};
 use crate::metrics::{Metrics, RouteLabel};
+use crate::redis_conn::LazyConn;
 use crate::route::{self, Route, RouteError};
 use crate::service::{reply, Handled, Now, Service};
 
 /// The admin listener's service.
 pub struct Admin {
     key: String,
-    client: redis::Client,
-    timeout: Duration,
-    conn: Option<redis::Connection>,
+    conn: LazyConn,
     clock: std::sync::Arc<dyn Clock>,
     metrics: Metrics,
 }
@@ -79,9 +77,7 @@ impl Admin {
     ) -> Result<Self, String> {
         Ok(Admin {
             key,
-            client: redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?,
-            timeout,
-            conn: None,
+            conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
             clock,
             metrics,
         })
@@ -95,10 +91,7 @@ impl Admin {
     }
 
     fn redis(&mut self) -> Result<&mut redis::Connection, Fail> {
-        match self.conn {
-            Some(ref mut c) => Ok(c),
-            None => Ok(self.conn.insert(connect(&self.client, self.timeout)?)),
-        }
+        Ok(self.conn.get()?)
     }
 
     fn stored(&mut self, event_id: &str) -> Result<Option<EventDef>, Fail> {
@@ -248,9 +241,7 @@ impl Service for Admin {
             Err(Fail::Code(code)) => (code, None),
             Err(Fail::Redis(e)) => {
                 log::warn!("admin: redis failed: {e}");
-                if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
-                    self.conn = None;
-                }
+                self.conn.failed(&e);
                 (Code::RedisError, None)
             }
         };

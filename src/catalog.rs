@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Sender};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::valid_id;
-use crate::deduct::connect;
 use crate::keys::{self, GoodsKeys};
+use crate::redis_conn::{connect, LazyConn};
 use crate::stock::Stock;
 
 /// How often the catalog is re-read even without a pub/sub message.
@@ -275,11 +275,9 @@ impl Snapshot {
 
 /// Keeps the catalog and the stock table in step with Redis.
 pub struct Refresher {
-    client: redis::Client,
-    timeout: Duration,
+    conn: LazyConn,
     catalog: Arc<Catalog>,
     stock: Stock,
-    conn: Option<redis::Connection>,
 }
 
 impl Refresher {
@@ -290,23 +288,17 @@ impl Refresher {
         catalog: Arc<Catalog>,
         stock: Stock,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?;
         Ok(Refresher {
-            client,
-            timeout,
+            conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
             catalog,
             stock,
-            conn: None,
         })
     }
 
     /// Reads Redis once and publishes the snapshot; false when Redis failed.
     pub fn refresh(&mut self) -> bool {
-        let result = match self.conn.as_mut() {
-            Some(c) => read(c, &self.stock),
-            None => connect(&self.client, self.timeout)
-                .and_then(|c| read(self.conn.insert(c), &self.stock)),
-        };
+        let result = self.conn.get().and_then(|c| read(c, &self.stock));
+        let result = self.conn.settle(result);
         match result {
             Ok(snap) => {
                 self.catalog.replace(snap);
@@ -315,7 +307,6 @@ impl Refresher {
             }
             Err(e) => {
                 log::debug!("catalog read failed: {e}");
-                self.conn = None;
                 self.catalog.set_ready(false);
                 false
             }
@@ -326,8 +317,8 @@ impl Refresher {
     /// once when the pub/sub thread hears of a change.
     pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::io::Result<()> {
         let (tx, rx) = bounded::<()>(1);
-        let client = self.client.clone();
-        let timeout = self.timeout;
+        let client = self.conn.client().clone();
+        let timeout = self.conn.timeout();
         let sub_stop = stop.clone();
         std::thread::Builder::new()
             .name("seckill-pubsub".into())
@@ -337,15 +328,12 @@ impl Refresher {
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
                     self.refresh();
-                    wait(&rx, REFRESH);
+                    // A message, or REFRESH without one: read again.
+                    let _ = rx.recv_timeout(REFRESH);
                 }
             })?;
         Ok(())
     }
-}
-
-fn wait(rx: &Receiver<()>, d: Duration) {
-    let _ = rx.recv_timeout(d);
 }
 
 /// Subscribes to the change channel and pokes the refresher on each message;

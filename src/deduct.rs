@@ -2,11 +2,11 @@
 //!
 //! In: an `Attempt` and the sale's `ts_ms`. Out: a `DeductOutcome`, or a
 //! `DeductError` the worker answers 1002 (and counts for the breaker).
-//! Invariants: one `EVALSHA` per attempt; only a NOSCRIPT reply falls back to
-//! `EVAL` with the full script (after `SCRIPT FLUSH` or on a fresh Redis);
-//! the script's SHA1 is computed once, at start. Every call has the
-//! `redis.timeout_ms` timeout, so a hanging Redis is a failure, not a stall.
-//! A connection that failed is dropped and made anew on the next call.
+//! Invariants: one `EVALSHA` per attempt, pipelined per batch; only a
+//! NOSCRIPT reply falls back to `EVAL` with the full script (after `SCRIPT
+//! FLUSH` or on a fresh Redis); the script's SHA1 is computed once, at
+//! start. The connection is a `redis_conn::LazyConn`: every call has the
+//! `redis.timeout_ms` timeout, and a failed connection is made anew.
 //! Never: knows of HTTP, sockets or the memory share.
 
 use std::time::Duration;
@@ -16,6 +16,7 @@ use sha1::{Digest, Sha1};
 
 use crate::attempt::Attempt;
 use crate::keys::{self, GoodsKeys};
+use crate::redis_conn::LazyConn;
 
 /// The script, kept in its own file so it reads and diffs as Lua.
 pub const SCRIPT: &str = include_str!("deduct.lua");
@@ -55,18 +56,16 @@ impl From<RedisError> for DeductError {
 
 /// A Redis connection that runs the deduct. One per worker thread.
 pub struct Deducter {
-    client: redis::Client,
-    timeout: Duration,
+    conn: LazyConn,
     // INVARIANT: lowercase hex SHA1 of SCRIPT.
     sha: String,
-    conn: Option<redis::Connection>,
 }
 
 impl std::fmt::Debug for Deducter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deducter")
             .field("sha", &self.sha)
-            .field("connected", &self.conn.is_some())
+            .field("conn", &self.conn)
             .finish()
     }
 }
@@ -76,57 +75,19 @@ pub fn script_sha(script: &str) -> String {
     hex::encode(Sha1::digest(script.as_bytes()))
 }
 
-/// Opens a connection with the timeout applied to connect, read and write.
-pub fn connect(client: &redis::Client, timeout: Duration) -> Result<redis::Connection, RedisError> {
-    let conn = client.get_connection_with_timeout(timeout)?;
-    conn.set_read_timeout(Some(timeout))?;
-    conn.set_write_timeout(Some(timeout))?;
-    Ok(conn)
-}
-
 impl Deducter {
     /// A deducter for `url`; it connects on first use.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
         Ok(Deducter {
-            client: redis::Client::open(url)?,
-            timeout,
+            conn: LazyConn::open(url, timeout)?,
             sha: script_sha(SCRIPT),
-            conn: None,
         })
     }
 
-    /// Runs a redis command, dropping the connection when it failed at the
-    /// connection level (a server error leaves it usable).
+    /// Runs one command (see `LazyConn` for what a failure does).
     fn run(&mut self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
-        let conn = match self.conn.as_mut() {
-            Some(c) => c,
-            None => self.conn.insert(connect(&self.client, self.timeout)?),
-        };
-        let result = cmd.query::<Value>(conn);
-        if let Err(e) = &result {
-            if !matches!(e.kind(), ErrorKind::Server(_)) {
-                self.conn = None;
-            }
-        }
-        result
-    }
-
-    /// Runs the deduct for `attempt`.
-    pub fn deduct(&mut self, attempt: &Attempt, ts_ms: u64) -> Result<DeductOutcome, DeductError> {
-        let keys = GoodsKeys::new(&attempt.event_id, &attempt.goods_id);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha);
-        add_args(&mut cmd, &keys, attempt, ts_ms);
-        let reply = match self.run(&cmd) {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                let mut eval = redis::cmd("EVAL");
-                eval.arg(SCRIPT);
-                add_args(&mut eval, &keys, attempt, ts_ms);
-                self.run(&eval)?
-            }
-            other => other?,
-        };
-        outcome(reply)
+        let result = cmd.query::<Value>(self.conn.get()?);
+        self.conn.settle(result)
     }
 
     /// Runs the deduct for every attempt in one round trip (a pipeline of
@@ -182,15 +143,8 @@ impl Deducter {
         &mut self,
         pipe: &redis::Pipeline,
     ) -> Result<Vec<redis::RedisResult<Value>>, RedisError> {
-        let conn = match self.conn.as_mut() {
-            Some(c) => c,
-            None => self.conn.insert(connect(&self.client, self.timeout)?),
-        };
-        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(conn);
-        if result.is_err() {
-            self.conn = None;
-        }
-        result
+        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(self.conn.get()?);
+        self.conn.settle(result)
     }
 
     /// Tells every node that this goods sold out (SPEC §3 channel).

@@ -28,7 +28,8 @@
 //!
 //! Beside the path: [`codes`] (the SPEC's code table), [`config`],
 //! [`breaker`] (Redis circuit breaker), [`blacklist`] (4003),
-//! [`clock`], [`keys`] (every Redis key), [`catalog`] (events, Redis ->
+//! [`clock`], [`keys`] (every Redis key), [`redis_conn`] (a Redis connection
+//! made on first use, remade after a failure), [`catalog`] (events, Redis ->
 //! memory), [`admin`], [`lookup`] (`/shop/result`), [`metrics`],
 //! [`service`] (what a loop hands requests to), [`serve`] (wiring),
 //! [`bench`](mod@bench) (the load generator: the client side, not the server).
@@ -63,5 +64,6 @@ pub mod config;
 pub mod keys;
 pub mod lookup;
 pub mod metrics;
+pub mod redis_conn;
 pub mod serve;
 pub mod service;
