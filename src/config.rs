@@ -274,31 +274,80 @@ impl Config {
         Ok(config)
     }
 
-    /// Range checks serde cannot express.
+    /// Range checks serde cannot express (SPEC §5): every number has a
+    /// floor that keeps the server working (a timeout of 0 would make every
+    /// Redis call fail at once) and a ceiling that keeps time arithmetic
+    /// and allocations sane, and the message names the key and the range.
     fn check(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-        if self.server.max_connections == 0 {
-            return bad("server.max_connections", "must be at least 1");
-        }
-        if self.server.max_header_bytes < 64 {
-            return bad("server.max_header_bytes", "must be at least 64");
-        }
-        if self.stock.nodes == 0 {
-            return bad("stock.nodes", "must be at least 1");
-        }
-        if !(self.stock.factor.is_finite() && self.stock.factor > 0.0) {
-            return bad("stock.factor", "must be a number above 0");
-        }
-        if self.breaker.failures == 0 {
-            return bad("breaker.failures", "must be at least 1");
-        }
+        const HOUR_MS: u64 = 3_600_000;
+        const DAY_MS: u64 = 24 * HOUR_MS;
+        let s = &self.server;
+        let b = &self.breaker;
+        let mut ranges: Vec<(String, u64, u64, u64)> = vec![
+            ("server.threads".into(), s.threads as u64, 0, 1024),
+            (
+                "server.max_connections".into(),
+                s.max_connections as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "server.max_header_bytes".into(),
+                s.max_header_bytes as u64,
+                64,
+                1 << 20,
+            ),
+            (
+                "server.max_body_bytes".into(),
+                s.max_body_bytes as u64,
+                64,
+                1 << 20,
+            ),
+            (
+                "server.read_timeout_ms".into(),
+                s.read_timeout_ms,
+                1,
+                HOUR_MS,
+            ),
+            (
+                "server.keepalive_timeout_ms".into(),
+                s.keepalive_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "server.request_timeout_ms".into(),
+                s.request_timeout_ms,
+                1,
+                HOUR_MS,
+            ),
+            ("redis.timeout_ms".into(), self.redis.timeout_ms, 1, HOUR_MS),
+            (
+                "breaker.failures".into(),
+                u64::from(b.failures),
+                1,
+                1_000_000,
+            ),
+            ("breaker.probe_ms".into(), b.probe_ms, 1, HOUR_MS),
+            ("stock.nodes".into(), self.stock.nodes, 1, 100_000),
+        ];
         for (name, q) in &self.queue {
-            if q.size == 0 {
-                return bad(&format!("queue.{name}.size"), "must be at least 1");
+            ranges.push((format!("queue.{name}.size"), q.size as u64, 1, 10_000_000));
+            ranges.push((format!("queue.{name}.rate"), q.rate, 0, 100_000_000));
+            ranges.push((format!("queue.{name}.burst"), q.burst, 1, 100_000_000));
+        }
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError(format!(
+                    "{key}: {value} is out of range (allowed: {min} to {max})"
+                )));
             }
-            if q.rate > 0 && q.burst == 0 {
-                return bad(&format!("queue.{name}.burst"), "must be at least 1");
-            }
+        }
+        let factor = self.stock.factor;
+        if !(factor.is_finite() && (1.0..=1000.0).contains(&factor)) {
+            return Err(ConfigError(format!(
+                "stock.factor: {factor} is out of range (allowed: 1.0 to 1000.0)"
+            )));
         }
         Ok(())
     }
@@ -374,10 +423,47 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_refused_naming_the_key() {
-        let e = Config::parse("[stock]\nnodes = 0\n").unwrap_err().0;
-        assert!(e.starts_with("stock.nodes"), "{e}");
-        let e = Config::parse("[queue.shop]\nsize = 0\n").unwrap_err().0;
-        assert!(e.starts_with("queue.shop.size"), "{e}");
+        // Issue 7 (9): `redis.timeout_ms = 0` used to start a server that
+        // never reached Redis. Every numeric key is range-checked.
+        let table = [
+            ("[server]\nthreads = 5000", "server.threads"),
+            ("[server]\nmax_connections = 0", "server.max_connections"),
+            ("[server]\nmax_header_bytes = 10", "server.max_header_bytes"),
+            ("[server]\nmax_body_bytes = 0", "server.max_body_bytes"),
+            ("[server]\nread_timeout_ms = 0", "server.read_timeout_ms"),
+            (
+                "[server]\nkeepalive_timeout_ms = 0",
+                "server.keepalive_timeout_ms",
+            ),
+            (
+                "[server]\nrequest_timeout_ms = 0",
+                "server.request_timeout_ms",
+            ),
+            (
+                "[server]\nrequest_timeout_ms = 9223372036854775807",
+                "server.request_timeout_ms",
+            ),
+            ("[redis]\ntimeout_ms = 0", "redis.timeout_ms"),
+            ("[breaker]\nfailures = 0", "breaker.failures"),
+            ("[breaker]\nprobe_ms = 0", "breaker.probe_ms"),
+            ("[stock]\nnodes = 0", "stock.nodes"),
+            ("[stock]\nfactor = 0.5", "stock.factor"),
+            ("[stock]\nfactor = nan", "stock.factor"),
+            ("[queue.shop]\nsize = 0", "queue.shop.size"),
+            ("[queue.shop]\nburst = 0", "queue.shop.burst"),
+            ("[queue.other]\nsize = 0", "queue.other.size"),
+        ];
+        for (text, key) in table {
+            let e = Config::parse(text).unwrap_err().0;
+            assert!(e.starts_with(key), "{text:?}: {e}");
+            assert!(e.contains("out of range"), "{text:?}: {e}");
+        }
+        // The edges themselves are allowed.
+        let c = Config::parse(
+            "[redis]\ntimeout_ms = 1\n[stock]\nfactor = 1.0\n[queue.shop]\nrate = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.redis.timeout_ms, 1);
     }
 
     #[test]

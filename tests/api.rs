@@ -545,6 +545,23 @@ fn bad_config_stops_start_up_naming_the_key_or_file() {
     let (code, err) = serve_with_config("[server]\nbind = \"127.0.0.1:0\"\n");
     assert_eq!(code, Some(1));
     assert!(err.contains("auth.secret"), "{err}");
+    // Issue 7 (9): a timeout of 0 used to start a server that never
+    // reached Redis; a factor below 1 would undersell.
+    for (text, key) in [
+        ("[redis]\ntimeout_ms = 0\n", "redis.timeout_ms"),
+        ("[stock]\nfactor = 0.5\n", "stock.factor"),
+        (
+            "[server]\nrequest_timeout_ms = 0\n",
+            "server.request_timeout_ms",
+        ),
+    ] {
+        let (code, err) = serve_with_config(&format!("{text}[auth]\nsecret = \"s\"\n"));
+        assert_eq!(code, Some(1), "{text}");
+        assert!(
+            err.contains(key) && err.contains("out of range") && err.contains("bad.toml"),
+            "{err}"
+        );
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_seckill"))
         .args(["serve", "--config", "/nonexistent/seckill.toml"])
         .output()
