@@ -47,6 +47,7 @@ fn bench(c: &mut Criterion) {
                 unix_s: 1_800_000_000,
                 date,
                 canned,
+                stopping: false,
             };
             black_box(answer_buffered(
                 &mut bufs,
@@ -54,6 +55,7 @@ fn bench(c: &mut Criterion) {
                 &limits,
                 now,
                 &metrics,
+                &mut { usize::MAX },
             ));
             bufs.out.clear();
             bufs.out_pos = 0;

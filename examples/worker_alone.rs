@@ -18,10 +18,13 @@ use seckill::breaker::Breaker;
 use seckill::bucket::Bucket;
 use seckill::clock::{Clock, SystemClock};
 use seckill::config::QueueConfig;
+use seckill::conn::Slots;
 use seckill::deduct::Deducter;
-use seckill::hijack::{Drain, Hijacked, Task};
+use seckill::hijack::{Hijacked, Task};
+use seckill::linger::Linger;
 use seckill::metrics::Metrics;
 use seckill::queue;
+use seckill::shutdown::Shutdown;
 use seckill::stock::{Stock, Take};
 use seckill::worker::Worker;
 
@@ -54,7 +57,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     stock.learn("e1", &goods, i64::MAX / 2, 1);
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let drain = Drain::start()?;
+    let (linger, _linger_thread) = Linger::start()?;
+    let slots = Slots::new(usize::MAX, Metrics::default());
     let (mut total, mut took) = (0usize, Duration::ZERO);
     for round in 0..rounds {
         let cfg = QueueConfig {
@@ -73,7 +77,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Err("no lease: the memory share ran out".into());
             };
             let task = Task {
-                conn: Hijacked::new(server_side, Vec::new(), drain.clone()),
+                conn: Hijacked::new(
+                    server_side,
+                    slots.try_take().ok_or("no slot")?,
+                    Vec::new(),
+                    false,
+                    linger.clone(),
+                ),
                 attempt: Attempt {
                     uid,
                     event_id: "e1".into(),
@@ -97,6 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Duration::from_secs(3600),
             Breaker::new(1000, Duration::from_secs(1)),
             metrics.clone(),
+            Shutdown::new(),
         );
         let started = Instant::now();
         worker.run();

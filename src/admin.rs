@@ -11,7 +11,8 @@
 //! of every node re-reads within 1 s either way.
 //!
 //! Stock is set only when its key does not exist yet, or when the body says
-//! `"reset": true` (then that goods' buyers and orders are cleared too). Each
+//! `"reset": true` (then that goods' buyers and orders are cleared too). A
+//! goods the new definition drops loses its keys, as on `DELETE`. Each
 //! time the stock key is set, the goods gets a new `epoch` in the stored
 //! event JSON, which tells every node to recompute its share and forget its
 //! buyers (SPEC §2).
@@ -106,16 +107,26 @@ impl Admin {
         let PutBody { mut def, reset } =
             serde_json::from_slice(body).map_err(|_| Fail::Code(Code::BadRequest))?;
         def.check().map_err(|_| Fail::Code(Code::BadRequest))?;
-        let old_epochs: HashMap<String, u64> = self
+        let old_goods: Vec<GoodsDef> = self
             .stored(&def.event_id)?
-            .map(|old| {
-                old.goods
-                    .into_iter()
-                    .map(|g| (g.goods_id, g.epoch))
-                    .collect()
-            })
+            .map(|old| old.goods)
             .unwrap_or_default();
-        let now_ms = self.clock.unix_ms();
+        let old_epochs: HashMap<&str, u64> = old_goods
+            .iter()
+            .map(|g| (g.goods_id.as_str(), g.epoch))
+            .collect();
+        // A goods dropped from the definition loses its keys, as on DELETE
+        // (SPEC §2): re-created later, it must not inherit old stock or
+        // buyers.
+        let dropped: Vec<&GoodsDef> = old_goods
+            .iter()
+            .filter(|g| !def.goods.iter().any(|n| n.goods_id == g.goods_id))
+            .collect();
+        // A new epoch is newer than every epoch the event had, even within
+        // one millisecond; a goods re-created after a drop gets a fresh one
+        // too, so a node that never saw the drop still sees the change.
+        let floor = old_goods.iter().map(|g| g.epoch + 1).max().unwrap_or(0);
+        let now_ms = self.clock.unix_ms().max(floor);
         let conn = self.redis()?;
         for g in &mut def.goods {
             let k = GoodsKeys::new(&def.event_id, &g.goods_id);
@@ -136,18 +147,21 @@ impl Admin {
                 r.is_some()
             };
             g.epoch = if set {
-                // Strictly newer than any epoch this goods had, even within a ms.
-                now_ms.max(old_epochs.get(&g.goods_id).map_or(0, |e| e + 1))
+                now_ms
             } else {
-                old_epochs.get(&g.goods_id).copied().unwrap_or(0)
+                old_epochs.get(g.goods_id.as_str()).copied().unwrap_or(0)
             };
         }
         let json = serde_json::to_string(&def).map_err(|_| Fail::Code(Code::BadRequest))?;
-        redis::cmd("HSET")
-            .arg(keys::EVENTS)
-            .arg(&def.event_id)
-            .arg(&json)
-            .query::<()>(conn)?;
+        // The new definition and the dropped goods' keys change together.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for g in &dropped {
+            let k = GoodsKeys::new(&def.event_id, &g.goods_id);
+            pipe.del(&k.stock).del(&k.buyers).del(&k.orders);
+        }
+        pipe.hset(keys::EVENTS, &def.event_id, &json);
+        pipe.query::<()>(conn)?;
         publish(conn, "put", &def.event_id)?;
         self.get(&def.event_id)
     }

@@ -9,9 +9,14 @@
 //! and `Stock` told what exists (`learn`, `retain`).
 //! Invariants: the snapshot is replaced whole, never edited in place; a
 //! failed read keeps the last good snapshot and marks the node not ready.
+//! One bad key costs only what it belongs to (SPEC §6.3): an event whose
+//! JSON does not parse, or a goods whose stock key has the wrong type or is
+//! not an integer, is left out of the snapshot (so it answers 4004), logged
+//! once when it turns bad and once when it heals, and counted in
+//! `seckill_catalog_skipped`; every other event and goods stays live.
 //! Never: runs on an event loop thread.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::valid_id;
 use crate::keys::{self, GoodsKeys};
+use crate::metrics::Metrics;
 use crate::redis_conn::{connect, LazyConn};
 use crate::stock::Stock;
 
@@ -192,35 +198,66 @@ struct EventOut<'a> {
 }
 
 /// Reads everything once and builds a snapshot, telling `stock` as it goes.
-fn read(conn: &mut redis::Connection, stock: &Stock) -> redis::RedisResult<Snapshot> {
+/// The keys it had to skip are put in `bad`, each with why.
+fn read(
+    conn: &mut redis::Connection,
+    stock: &Stock,
+    bad: &mut BTreeMap<String, String>,
+) -> redis::RedisResult<Snapshot> {
     let raw: BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(keys::EVENTS).query(conn)?;
-    let defs: Vec<EventDef> = raw
-        .into_iter()
-        .filter_map(
-            |(id, json)| match serde_json::from_slice::<EventDef>(&json) {
-                Ok(def) if def.event_id == id && def.check().is_ok() => Some(def),
-                _ => {
-                    log::debug!("skipping unreadable event {id:?}");
-                    None
-                }
-            },
-        )
-        .collect();
+    let mut defs: Vec<EventDef> = Vec::with_capacity(raw.len());
+    for (id, json) in raw {
+        match serde_json::from_slice::<EventDef>(&json) {
+            Ok(def) if def.event_id == id && def.check().is_ok() => defs.push(def),
+            _ => {
+                bad.insert(format!("{} {id}", keys::EVENTS), "not a valid event".into());
+            }
+        }
+    }
     let mut pipe = redis::pipe();
+    // One goods' stock key of the wrong type must not fail the others.
+    pipe.ignore_errors();
     for def in &defs {
         for g in &def.goods {
             pipe.cmd("GET")
                 .arg(GoodsKeys::new(&def.event_id, &g.goods_id).stock);
         }
     }
-    let stocks: Vec<Option<String>> = if pipe.is_empty() {
+    let replies: Vec<redis::RedisResult<redis::Value>> = if pipe.is_empty() {
         Vec::new()
     } else {
         pipe.query(conn)?
     };
-    let stocks = stocks
-        .into_iter()
-        .map(|s| s.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0).max(0));
+    let mut replies = replies.into_iter();
+    let mut stocks = Vec::new();
+    for def in &mut defs {
+        let event_id = def.event_id.clone();
+        def.goods.retain(|g| {
+            let key = GoodsKeys::new(&event_id, &g.goods_id).stock;
+            let left = match replies.next() {
+                // A goods without a stock key has none left (the deduct
+                // answers it "not found").
+                Some(Ok(redis::Value::Nil)) => Ok(0),
+                Some(Ok(redis::Value::BulkString(b))) => std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or_else(|| "stock is not an integer".to_string()),
+                Some(Ok(other)) => Err(format!("unexpected reply {other:?}")),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("no reply".to_string()),
+            };
+            match left {
+                Ok(left) => {
+                    stocks.push(left.max(0));
+                    true
+                }
+                Err(why) => {
+                    bad.insert(key, why);
+                    false
+                }
+            }
+        });
+    }
     Ok(Snapshot::build(&defs, stocks, stock))
 }
 
@@ -278,6 +315,9 @@ pub struct Refresher {
     conn: LazyConn,
     catalog: Arc<Catalog>,
     stock: Stock,
+    metrics: Metrics,
+    // The keys the last good read skipped, each with why (logged once).
+    bad: BTreeMap<String, String>,
 }
 
 impl Refresher {
@@ -287,22 +327,40 @@ impl Refresher {
         timeout: Duration,
         catalog: Arc<Catalog>,
         stock: Stock,
+        metrics: Metrics,
     ) -> Result<Self, String> {
         Ok(Refresher {
             conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
             catalog,
             stock,
+            metrics,
+            bad: BTreeMap::new(),
         })
     }
 
     /// Reads Redis once and publishes the snapshot; false when Redis failed.
     pub fn refresh(&mut self) -> bool {
-        let result = self.conn.get().and_then(|c| read(c, &self.stock));
+        let mut bad = BTreeMap::new();
+        let result = self.conn.get().and_then(|c| read(c, &self.stock, &mut bad));
         let result = self.conn.settle(result);
         match result {
             Ok(snap) => {
                 self.catalog.replace(snap);
                 self.catalog.set_ready(true);
+                self.note_bad(bad);
+                true
+            }
+            // Redis answers, but `seckill:events` itself is unreadable (a
+            // wrong type): keep serving the last catalog; Redis is up.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
+                self.catalog.set_ready(true);
+                bad.insert(keys::EVENTS.to_string(), e.to_string());
+                self.note_bad(bad);
                 true
             }
             Err(e) => {
@@ -311,6 +369,22 @@ impl Refresher {
                 false
             }
         }
+    }
+
+    /// Logs keys that turned bad or healed since the last read (once each),
+    /// and counts the bad ones.
+    fn note_bad(&mut self, bad: BTreeMap<String, String>) {
+        for (key, why) in &bad {
+            if !self.bad.contains_key(key) {
+                log::warn!("catalog: skipping {key}: {why}; the rest of the catalog stays live");
+            }
+        }
+        let healed: BTreeSet<&String> = self.bad.keys().filter(|k| !bad.contains_key(*k)).collect();
+        for key in healed {
+            log::info!("catalog: {key} reads again");
+        }
+        self.metrics.catalog_skipped(bad.len());
+        self.bad = bad;
     }
 
     /// Runs in the background until `stop`: re-reads every `REFRESH`, and at

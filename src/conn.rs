@@ -13,11 +13,22 @@
 //! because it is only read into when parsing wants more; answers stop being
 //! produced while more than `OUT_HIGH` bytes wait to be flushed, so a client
 //! that pipelines without reading holds a bounded buffer.
+//!
+//! Every client socket the process holds carries a `Slot`, one unit of
+//! `server.max_connections`: taken at accept, it travels with the socket
+//! through a hijack (queue, worker, lookup, linger) and is given back only
+//! when the socket is closed. So the count is every client descriptor the
+//! process holds, wherever it is, and the limit (clamped at start to what
+//! the open-file limit fits) is never passed.
 
 use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
+
+use crate::metrics::Metrics;
 
 /// Bytes read from the socket per `read` call.
 pub const READ_CHUNK: usize = 4096;
@@ -37,13 +48,73 @@ pub enum ReadOutcome {
     Failed,
 }
 
-/// One connection: its socket and its buffers.
+/// The connection count shared by every holder of a client socket.
+/// Cheap to clone: a handle to shared state.
+#[derive(Debug, Clone)]
+pub struct Slots(Arc<SlotsInner>);
+
+#[derive(Debug)]
+struct SlotsInner {
+    // INVARIANT: the number of live `Slot`s of this `Slots`, at most `max`.
+    held: AtomicUsize,
+    max: usize,
+    metrics: Metrics,
+}
+
+impl Slots {
+    /// At most `max` slots at once; `seckill_open_connections` follows.
+    pub fn new(max: usize, metrics: Metrics) -> Self {
+        Slots(Arc::new(SlotsInner {
+            held: AtomicUsize::new(0),
+            max,
+            metrics,
+        }))
+    }
+
+    /// One slot, or None when `max` are held.
+    pub fn try_take(&self) -> Option<Slot> {
+        let inner = &self.0;
+        inner
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < inner.max).then_some(n + 1)
+            })
+            .ok()?;
+        inner.metrics.connections(1);
+        Some(Slot(self.clone()))
+    }
+
+    /// Slots held now.
+    pub fn held(&self) -> usize {
+        self.0.held.load(Ordering::Acquire)
+    }
+}
+
+/// One unit of `max_connections`, held as long as its socket is open;
+/// dropping it gives the unit back.
+#[derive(Debug)]
+pub struct Slot(Slots);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let inner = &(self.0).0;
+        inner.held.fetch_sub(1, Ordering::AcqRel);
+        inner.metrics.connections(-1);
+    }
+}
+
+/// One connection: its socket, its buffers and its slot.
 #[derive(Debug)]
 pub struct Conn {
     /// The socket, registered with the loop's poll.
     pub stream: TcpStream,
     /// Everything but the socket.
     pub bufs: Buffers,
+    /// Its unit of `max_connections`.
+    pub slot: Slot,
+    /// Registered with the loop's poll (not yet, while its first turn runs
+    /// inside `accept`).
+    pub registered: bool,
 }
 
 /// A connection's bytes and timers, without its socket: what the
@@ -66,6 +137,10 @@ pub struct Buffers {
     pub closing: bool,
     /// The peer sent EOF: answer what is buffered, then close.
     pub peer_closed: bool,
+    /// At least one request was answered on this connection. At a stop, a
+    /// connection that has sent nothing yet gets a grace to send its
+    /// request; an idle one that was served is closed at once.
+    pub served: bool,
 }
 
 impl Buffers {
@@ -80,6 +155,7 @@ impl Buffers {
             active_at: now,
             closing: false,
             peer_closed: false,
+            served: false,
         }
     }
 
@@ -95,6 +171,7 @@ impl Buffers {
 
     /// Marks `len` parsed bytes as used; the next request, if any, begins now.
     pub fn consume(&mut self, len: usize, now: Instant) {
+        self.served = true;
         self.read_start += len;
         if self.read_start >= self.inbuf.len() {
             self.inbuf.clear();
@@ -128,10 +205,12 @@ impl Buffers {
 
 impl Conn {
     /// A fresh connection.
-    pub fn new(stream: TcpStream, now: Instant) -> Self {
+    pub fn new(stream: TcpStream, slot: Slot, now: Instant) -> Self {
         Conn {
             stream,
             bufs: Buffers::new(now),
+            slot,
+            registered: false,
         }
     }
 

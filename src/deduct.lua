@@ -4,14 +4,34 @@
 -- Returns -2 already purchased, -3 not found, -1 no stock,
 -- or {stock_left, order_id}. The sale (DECR), its order (XADD) and the
 -- buyer record (HSET) happen together or not at all.
+--
+-- Redis does not roll a script back when a command in it fails, so
+-- everything that could make a write fail is checked before the first
+-- write: a key of the wrong type, or a stock that is not an integer DECR
+-- accepts. Such a goods answers an error and nothing is written, never a
+-- unit gone without its order.
+local function expect(key, want)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= want and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE seckill: ' .. key .. ' is a ' .. kind .. ', not a ' .. want)
+  end
+end
+local bad = expect(KEYS[1], 'string') or expect(KEYS[2], 'hash') or expect(KEYS[3], 'stream')
+if bad then
+  return bad
+end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return -2
 end
-local stock = tonumber(redis.call('GET', KEYS[1]))
-if not stock then
+local raw = redis.call('GET', KEYS[1])
+if not raw then
   return -3
 end
-if stock <= 0 then
+-- At most 18 digits: DECR's int64 range, and exact in Lua's doubles.
+if not string.match(raw, '^%-?%d+$') or #raw > 18 then
+  return redis.error_reply('ERR seckill: ' .. KEYS[1] .. ' is not an integer')
+end
+if tonumber(raw) <= 0 then
   return -1
 end
 local left = redis.call('DECR', KEYS[1])

@@ -1,12 +1,26 @@
 //! Stage 7 of 8: the Redis Lua deduct (SPEC §3).
 //!
-//! In: an `Attempt` and the sale's `ts_ms`. Out: a `DeductOutcome`, or a
-//! `DeductError` the worker answers 1002 (and counts for the breaker).
+//! In: a batch of `Attempt`s and the sale's `ts_ms`. Out: one
+//! `Result<DeductOutcome, DeductError>` per attempt, in order.
 //! Invariants: one `EVALSHA` per attempt, pipelined per batch; only a
 //! NOSCRIPT reply falls back to `EVAL` with the full script (after `SCRIPT
 //! FLUSH` or on a fresh Redis); the script's SHA1 is computed once, at
 //! start. The connection is a `redis_conn::LazyConn`: every call has the
 //! `redis.timeout_ms` timeout, and a failed connection is made anew.
+//!
+//! # Knowing whether a sale happened
+//!
+//! A round trip that fails after the scripts were sent (a timeout, a reset)
+//! leaves each attempt's outcome unknown: Redis may have run the script, or
+//! may still run it when it gets to the bytes already in its socket. Such an
+//! attempt is `DeductError::Unknown`, and the worker asks `resolve` before
+//! answering it. `resolve` works on a fresh connection and first kills the
+//! failed one on the server (`CLIENT KILL ID`, the id read when it was
+//! made): after the kill, nothing that connection sent can still run, so
+//! `HGET buyers uid` is the truth. Only when Redis cannot be reached before
+//! the attempt's deadline is the outcome left unknown (README, "What is not
+//! done yet").
+//!
 //! Never: knows of HTTP, sockets or the memory share.
 
 use std::time::Duration;
@@ -39,24 +53,58 @@ pub enum DeductOutcome {
     NoStock,
 }
 
-/// Redis failed, timed out, or answered something the script never returns.
+/// Why an attempt has no `DeductOutcome`.
 #[derive(Debug)]
 pub enum DeductError {
-    /// A connection, timeout or server error.
-    Redis(RedisError),
-    /// A reply of the wrong shape.
+    /// Nothing reached Redis (it refused the connection): the script did
+    /// not run.
+    Unreachable(RedisError),
+    /// The round trip failed after the script was sent: it may have run,
+    /// or may still run. Ask `resolve` before answering.
+    Unknown,
+    /// Redis answered an error for this attempt: the script refused a
+    /// wrong-type key or a stock that is not an integer (checked before its
+    /// first write, so nothing was written), or Redis refused to run it.
+    Script(RedisError),
+    /// A reply of a shape the script never returns.
     Reply,
 }
 
-impl From<RedisError> for DeductError {
-    fn from(e: RedisError) -> Self {
-        DeductError::Redis(e)
+impl DeductError {
+    /// Whether this error belongs to one goods (a bad key), not to Redis as
+    /// a whole: such errors are counted per goods and do not feed the
+    /// breaker, so one broken goods never stops the sale of the others.
+    pub fn is_goods_specific(&self) -> bool {
+        match self {
+            DeductError::Script(e) => {
+                e.code() == Some("WRONGTYPE") || e.detail().is_some_and(|d| d.contains("seckill:"))
+            }
+            DeductError::Reply => true,
+            DeductError::Unreachable(_) | DeductError::Unknown => false,
+        }
     }
+}
+
+/// What `resolve` found for one attempt whose outcome was unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// The uid is in `buyers`: the sale stands.
+    Won {
+        /// Its order id (`HGET buyers uid`).
+        order_id: String,
+        /// The stock left now.
+        stock_left: i64,
+    },
+    /// The uid is not in `buyers`, and nothing sent on the failed
+    /// connection can run any more.
+    NotSold,
 }
 
 /// A Redis connection that runs the deduct. One per worker thread.
 pub struct Deducter {
     conn: LazyConn,
+    // The fresh connection `resolve` asks on, never the one that failed.
+    resolver: LazyConn,
     // INVARIANT: lowercase hex SHA1 of SCRIPT.
     sha: String,
 }
@@ -79,7 +127,8 @@ impl Deducter {
     /// A deducter for `url`; it connects on first use.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
         Ok(Deducter {
-            conn: LazyConn::open(url, timeout)?,
+            conn: LazyConn::open(url, timeout)?.tracking_client_id(),
+            resolver: LazyConn::open(url, timeout)?,
             sha: script_sha(SCRIPT),
         })
     }
@@ -94,13 +143,14 @@ impl Deducter {
     /// `EVALSHA`s), in order. Each script is atomic on its own; one failing
     /// (a wrong-type key, say) does not undo or hide the others' sales, so
     /// every attempt gets its own result. Attempts answered NOSCRIPT are sent
-    /// again as `EVAL` (the script did not run for them). `Err` means the
-    /// round trip itself failed: nothing is known of any attempt.
+    /// again as `EVAL` (the script did not run for them); if that second
+    /// round trip fails, only those become `Unknown`: the first trip's
+    /// results stand.
     pub fn deduct_many(
         &mut self,
         attempts: &[&Attempt],
         ts_ms: u64,
-    ) -> Result<Vec<Result<DeductOutcome, DeductError>>, DeductError> {
+    ) -> Vec<Result<DeductOutcome, DeductError>> {
         let keys: Vec<GoodsKeys> = attempts
             .iter()
             .map(|a| GoodsKeys::new(&a.event_id, &a.goods_id))
@@ -113,11 +163,16 @@ impl Deducter {
             add_args(&mut cmd, k, a, ts_ms);
             pipe.add_command(cmd);
         }
-        let mut replies = self.run_pipe(&pipe)?;
-        let noscript: Vec<usize> = replies
+        let mut results: Vec<Result<DeductOutcome, DeductError>> = match self.run_pipe(&pipe) {
+            Ok(replies) => replies.into_iter().map(to_result).collect(),
+            Err(e) => return attempts.iter().map(|_| Err(e.clone().into())).collect(),
+        };
+        let noscript: Vec<usize> = results
             .iter()
             .enumerate()
-            .filter(|(_, r)| matches!(r, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)))
+            .filter(|(_, r)| {
+                matches!(r, Err(DeductError::Script(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
+            })
             .map(|(i, _)| i)
             .collect();
         if !noscript.is_empty() {
@@ -129,22 +184,99 @@ impl Deducter {
                 add_args(&mut cmd, &keys[i], attempts[i], ts_ms);
                 eval.add_command(cmd);
             }
-            for (i, reply) in noscript.into_iter().zip(self.run_pipe(&eval)?) {
-                replies[i] = reply;
+            match self.run_pipe(&eval) {
+                Ok(replies) => {
+                    for (i, reply) in noscript.into_iter().zip(replies) {
+                        results[i] = to_result(reply);
+                    }
+                }
+                Err(e) => {
+                    for i in noscript {
+                        results[i] = Err(e.clone().into());
+                    }
+                }
             }
         }
-        Ok(replies
-            .into_iter()
-            .map(|r| r.map_err(DeductError::Redis).and_then(outcome))
-            .collect())
+        results
     }
 
+    /// Sends `pipe`. A failure to connect is `Unreachable` (nothing was
+    /// sent); a failure after sending is `Unknown`.
     fn run_pipe(
         &mut self,
         pipe: &redis::Pipeline,
-    ) -> Result<Vec<redis::RedisResult<Value>>, RedisError> {
-        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(self.conn.get()?);
-        self.conn.settle(result)
+    ) -> Result<Vec<redis::RedisResult<Value>>, TripError> {
+        let conn = match self.conn.get() {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.conn.failed(&e);
+                return Err(TripError::Unreachable(e));
+            }
+        };
+        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(conn);
+        self.conn.settle(result).map_err(|e| {
+            log::debug!("deduct round trip failed after sending: {e}");
+            TripError::Unknown
+        })
+    }
+
+    /// Finds out what became of attempts whose round trip failed
+    /// (`DeductError::Unknown`), in one round trip on a fresh connection:
+    /// first `CLIENT KILL ID` of every connection that failed, so that
+    /// nothing they sent can still run, then `HGET buyers uid` and `GET
+    /// stock` for each attempt. `Err`: Redis could not be asked; the caller
+    /// retries until the attempts' deadline.
+    pub fn resolve(&mut self, attempts: &[&Attempt]) -> Result<Vec<Resolved>, RedisError> {
+        let dead: Vec<i64> = self.conn.dead_ids().to_vec();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for id in &dead {
+            pipe.cmd("CLIENT").arg("KILL").arg("ID").arg(*id);
+        }
+        for a in attempts {
+            let k = GoodsKeys::new(&a.event_id, &a.goods_id);
+            pipe.cmd("HGET").arg(&k.buyers).arg(&a.uid);
+            pipe.cmd("GET").arg(&k.stock);
+        }
+        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(self.resolver.get()?);
+        let replies = self.resolver.settle(result)?;
+        let (kills, lookups) = replies.split_at(dead.len().min(replies.len()));
+        for (id, kill) in dead.iter().zip(kills) {
+            // 1: killed now; "No such client": already gone. Either way
+            // nothing more of it runs. Any other error (CLIENT KILL renamed
+            // or not permitted) leaves the old window open: say so once.
+            if let Err(e) = kill {
+                if !e.to_string().contains("No such client") {
+                    log::warn!("could not kill failed redis connection {id}: {e}; an unknown outcome may still turn into a sale");
+                }
+            }
+            self.conn.forget_dead(*id);
+        }
+        let mut found = Vec::with_capacity(attempts.len());
+        for pair in lookups.chunks(2) {
+            let [buyer, stock] = pair else {
+                return Err(RedisError::from((ErrorKind::Parse, "short resolve reply")));
+            };
+            found.push(match buyer {
+                Ok(Value::Nil) => Resolved::NotSold,
+                Ok(Value::BulkString(b)) => Resolved::Won {
+                    order_id: String::from_utf8_lossy(b).into_owned(),
+                    stock_left: match stock {
+                        Ok(Value::BulkString(s)) => std::str::from_utf8(s)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0),
+                        _ => 0,
+                    },
+                },
+                Ok(_) => return Err(RedisError::from((ErrorKind::Parse, "HGET reply"))),
+                Err(e) => return Err(e.clone()),
+            });
+        }
+        if found.len() != attempts.len() {
+            return Err(RedisError::from((ErrorKind::Parse, "short resolve reply")));
+        }
+        Ok(found)
     }
 
     /// Tells every node that this goods sold out (SPEC §3 channel).
@@ -158,21 +290,20 @@ impl Deducter {
         )
         .map(drop)
     }
+}
 
-    /// `HGET buyers uid`: the uid's order id, if it won (`/shop/result`).
-    pub fn order_of(
-        &mut self,
-        event_id: &str,
-        goods_id: &str,
-        uid: &str,
-    ) -> Result<Option<String>, DeductError> {
-        let keys = GoodsKeys::new(event_id, goods_id);
-        match self.run(redis::cmd("HGET").arg(&keys.buyers).arg(uid))? {
-            Value::Nil => Ok(None),
-            Value::BulkString(b) => String::from_utf8(b)
-                .map(Some)
-                .map_err(|_| DeductError::Reply),
-            _ => Err(DeductError::Reply),
+/// How a round trip failed.
+#[derive(Debug, Clone)]
+enum TripError {
+    Unreachable(RedisError),
+    Unknown,
+}
+
+impl From<TripError> for DeductError {
+    fn from(e: TripError) -> Self {
+        match e {
+            TripError::Unreachable(e) => DeductError::Unreachable(e),
+            TripError::Unknown => DeductError::Unknown,
         }
     }
 }
@@ -186,6 +317,11 @@ fn add_args(cmd: &mut redis::Cmd, keys: &GoodsKeys, a: &Attempt, ts_ms: u64) {
         .arg(&a.event_id)
         .arg(&a.goods_id)
         .arg(ts_ms);
+}
+
+/// One reply of the pipeline -> the attempt's result.
+fn to_result(reply: redis::RedisResult<Value>) -> Result<DeductOutcome, DeductError> {
+    reply.map_err(DeductError::Script).and_then(outcome)
 }
 
 /// The script's reply -> `DeductOutcome`.

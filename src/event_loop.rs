@@ -2,17 +2,19 @@
 //!
 //! One `EventLoop` per thread, each with its own `Poll`, listener (the
 //! public ones share a port through `SO_REUSEPORT`), connections and timers;
-//! nothing here is shared between loops but the open-connection count, so
-//! `server.threads` loops run side by side without locks.
+//! nothing here is shared between loops but the connection count (`Slots`),
+//! so `server.threads` loops run side by side without locks.
 //!
 //! # Rules this loop keeps (mio's, made explicit)
 //!
-//! 1. **Edge-triggered: drain until `WouldBlock`.** A readable or writable
-//!    event is reported once per change; the loop reads and writes until the
-//!    socket says `WouldBlock`, or it would never hear of the rest. The one
-//!    exception is backpressure: while more than `conn::OUT_HIGH` bytes wait
-//!    for a client that is not reading, parsing stops; the writable event
-//!    that follows a flush resumes it.
+//! 1. **Edge-triggered: drain until `WouldBlock`, or remember.** A readable
+//!    or writable event is reported once per change; the loop reads and
+//!    writes until the socket says `WouldBlock`, or it would never hear of
+//!    the rest. Two exceptions, each remembered so nothing is lost: while
+//!    more than `conn::OUT_HIGH` bytes wait for a client that is not
+//!    reading, parsing stops and the writable event that follows a flush
+//!    resumes it; and a connection that used up its turn (rule 8) goes on
+//!    the ready list and is driven again next turn.
 //! 2. **Spurious events are normal.** Every handler tolerates an event with
 //!    nothing behind it (a read that `WouldBlock`s at once).
 //! 3. **`Interrupted` retries; `WouldBlock` waits; reset, broken pipe and
@@ -24,15 +26,32 @@
 //!    the connection it came from; nothing a client sends can panic the loop.
 //! 6. **Every limit is enforced here or in the parser**: head and body size,
 //!    header count, the read deadline (408), the keep-alive timeout, the
-//!    unflushed-output bound, and `max_connections` (an accept beyond it is
-//!    closed at once, which also empties the backlog: no busy loop).
+//!    unflushed-output bound, and `max_connections` (counted by `Slots`
+//!    over every client socket the process holds, hijacked ones too; an
+//!    accept beyond it is closed at once, which also empties the backlog:
+//!    no busy loop). An accept that fails for lack of descriptors is tried
+//!    again on a timer, since the edge-triggered listener would not report
+//!    the connections already waiting.
 //! 7. **Idle connections hold no buffers.** The loop lends its read and
 //!    write buffers to the connection it drives and takes them back after,
 //!    unless a half-read request or unsent bytes must stay with it.
+//! 8. **No connection holds the loop.** One turn of a connection is at
+//!    most `TURN_WORK` reads and answers, and one turn of the listener at
+//!    most `ACCEPT_TURN` accepts; what is left waits for the next turn,
+//!    after every other ready connection had its own, the timers were swept
+//!    and the stop flag was read. A client pipelining without end gets its
+//!    fair share, not the loop.
+//!
+//! # Stopping
+//!
+//! When the stop flag is seen the loop accepts what waits in the backlog,
+//! closes its listener, reads every connection once, and answers from then
+//! on with `Connection: close`. An idle connection that was already served
+//! is closed at once; one that has sent nothing yet gets `FRESH_GRACE` to
+//! send its request; one in the middle of a request gets `STOP_GRACE`.
 //!
 //! Never: waits on Redis or on any lock held by another thread for long.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,19 +61,32 @@ use slab::Slab;
 
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::conn::{Buffers, Conn, ReadOutcome, OUT_HIGH};
-use crate::hijack::{Drain, Hijacked};
+use crate::conn::{Buffers, Conn, ReadOutcome, Slots, OUT_HIGH};
+use crate::hijack::Hijacked;
 use crate::http::parse::{self, HttpError, Limits, Parsed};
 use crate::http::response::DateCache;
+use crate::linger::Linger;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::service::{Handled, Now, Service};
+use crate::shutdown::Shutdown;
 
 const LISTENER: Token = Token(usize::MAX);
 /// Longest sleep in `poll`: the timer sweep and the stop flag are checked
 /// at least this often.
 const TICK: Duration = Duration::from_millis(50);
+/// Reads and answers one connection gets per turn (rule 8). Far above what
+/// one request-at-a-time client needs (two reads, one answer), so the
+/// common path never notices it.
+pub const TURN_WORK: usize = 32;
+/// Accepts per turn of the listener (rule 8).
+const ACCEPT_TURN: usize = 128;
+/// After an accept failed for lack of descriptors, try again this soon.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// After a stop, how long connections still busy with a request may finish.
 const STOP_GRACE: Duration = Duration::from_secs(1);
+/// After a stop, how long a connection that has sent nothing yet may take
+/// to send its request (SPEC §6.3: at least 100 ms).
+const FRESH_GRACE: Duration = Duration::from_millis(500);
 
 /// Settings a loop runs with (from `[server]`).
 #[derive(Debug, Clone)]
@@ -65,8 +97,6 @@ pub struct LoopConfig {
     pub read_timeout: Duration,
     /// `keepalive_timeout_ms`.
     pub keepalive_timeout: Duration,
-    /// `max_connections`, counted across every loop sharing `open`.
-    pub max_connections: usize,
 }
 
 /// One event loop.
@@ -76,16 +106,26 @@ pub struct EventLoop<S: Service> {
     conns: Slab<Conn>,
     service: S,
     config: LoopConfig,
-    // Open connections across all loops sharing it.
-    open: Arc<AtomicUsize>,
+    // Client sockets held across the process, against max_connections.
+    slots: Slots,
     clock: Arc<dyn Clock>,
     date: DateCache,
-    drain: Drain,
-    stop: Arc<AtomicBool>,
+    linger: Linger,
+    shutdown: Shutdown,
     metrics: Metrics,
     // Whether the last accept failed (out of descriptors): logged once per
     // change, so an attack that exhausts descriptors does not flood the log.
     accept_failing: bool,
+    // When to try accepting again after such a failure.
+    accept_retry_at: Option<Instant>,
+    // The listener used up its turn with connections still waiting.
+    accept_more: bool,
+    // Connections that used up their turn with work left (rule 8), and the
+    // list being served this turn (kept to reuse its allocation).
+    ready: Vec<usize>,
+    serving: Vec<usize>,
+    // When this loop saw the stop flag.
+    stopping_since: Option<Instant>,
     // The buffers lent to the connection being driven (rule 7).
     spare_in: Vec<u8>,
     spare_out: Vec<u8>,
@@ -98,24 +138,30 @@ pub enum Progress<C> {
     Idle,
     /// Answered at least one request (or refused bad bytes): flush, go on.
     Answered,
-    /// The service claimed the connection.
+    /// The service claimed the connection; the request is consumed.
     Hijack(C),
 }
 
 /// The loop's bytes-in -> bytes-out step, without a socket: answers every
-/// complete request buffered in `bufs`, in order, into `bufs.out`. Stops at
-/// a partial request, at a close (a bad request is answered with its 4xx and
-/// `Connection: close`), at a hijack, or while more than `OUT_HIGH` bytes
-/// wait to be flushed.
+/// complete request buffered in `bufs`, in order, into `bufs.out`, each
+/// answer taking one unit of `budget`. Stops at a partial request, at a
+/// close (a bad request is answered with its 4xx and `Connection: close`),
+/// at a hijack, when the budget is spent, or while more than `OUT_HIGH`
+/// bytes wait to be flushed. While `now.stopping`, every answer closes.
 pub fn answer_buffered<S: Service>(
     bufs: &mut Buffers,
     service: &mut S,
     limits: &Limits,
     now: Now<'_>,
     metrics: &Metrics,
+    budget: &mut usize,
 ) -> Progress<S::Claim> {
     let mut progress = Progress::Idle;
-    while !bufs.closing && bufs.pending_out() <= OUT_HIGH && !bufs.unparsed().is_empty() {
+    while *budget > 0
+        && !bufs.closing
+        && bufs.pending_out() <= OUT_HIGH
+        && !bufs.unparsed().is_empty()
+    {
         let Buffers {
             inbuf,
             read_start,
@@ -125,7 +171,10 @@ pub fn answer_buffered<S: Service>(
         let parsed = parse::parse(&inbuf[*read_start..], limits);
         let (handled, len) = match parsed {
             Ok(Parsed::Partial) => break,
-            Ok(Parsed::Complete { request, len }) => (service.handle(&request, now, out), len),
+            Ok(Parsed::Complete { mut request, len }) => {
+                request.keep_alive &= !now.stopping;
+                (service.handle(&request, now, out), len)
+            }
             Err(e) => {
                 let code = match e {
                     HttpError::Malformed => Code::BadRequest,
@@ -138,13 +187,12 @@ pub fn answer_buffered<S: Service>(
                 return Progress::Answered;
             }
         };
+        *budget -= 1;
         progress = Progress::Answered;
+        bufs.consume(len, now.at);
         match handled {
-            Handled::KeepOpen => bufs.consume(len, now.at),
-            Handled::Close => {
-                bufs.consume(len, now.at);
-                bufs.closing = true;
-            }
+            Handled::KeepOpen => {}
+            Handled::Close => bufs.closing = true,
             Handled::Hijack(claim) => return Progress::Hijack(claim),
         }
     }
@@ -163,7 +211,10 @@ fn give_back(spare: &mut Vec<u8>, buf: &mut Vec<u8>) {
 
 /// What to do with a connection after driving it.
 enum Next<C> {
+    /// Wait for its next event.
     Keep,
+    /// It used up its turn with work left: drive it again next turn.
+    Again,
     Close,
     Hijack(C),
 }
@@ -175,10 +226,10 @@ impl<S: Service> EventLoop<S> {
         mut listener: TcpListener,
         service: S,
         config: LoopConfig,
-        open: Arc<AtomicUsize>,
+        slots: Slots,
         clock: Arc<dyn Clock>,
-        drain: Drain,
-        stop: Arc<AtomicBool>,
+        linger: Linger,
+        shutdown: Shutdown,
         metrics: Metrics,
     ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
@@ -191,13 +242,18 @@ impl<S: Service> EventLoop<S> {
             conns: Slab::new(),
             service,
             config,
-            open,
+            slots,
             clock,
             date,
-            drain,
-            stop,
+            linger,
+            shutdown,
             metrics,
             accept_failing: false,
+            accept_retry_at: None,
+            accept_more: false,
+            ready: Vec::new(),
+            serving: Vec::new(),
+            stopping_since: None,
             spare_in: Vec::with_capacity(2 * crate::conn::READ_CHUNK),
             spare_out: Vec::with_capacity(2 * crate::conn::READ_CHUNK),
         })
@@ -207,34 +263,52 @@ impl<S: Service> EventLoop<S> {
     pub fn run(mut self) -> std::io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut swept_at = self.clock.now();
-        let mut stopping_since: Option<Instant> = None;
         loop {
-            match self.poll.poll(&mut events, Some(TICK)) {
+            // Work left from the last turn: look at the sockets, don't sleep.
+            let timeout = if self.ready.is_empty() && !self.accept_more {
+                TICK
+            } else {
+                Duration::ZERO
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(ACCEPT_TURN),
                     Token(key) => self.drive(key),
                 }
             }
+            // Rule 8: each connection that used up its last turn gets one
+            // more now, after everyone the poll reported.
+            std::mem::swap(&mut self.ready, &mut self.serving);
+            let mut serving = std::mem::take(&mut self.serving);
+            for key in serving.drain(..) {
+                self.drive(key);
+            }
+            self.serving = serving;
             let now = self.clock.now();
+            if self.accept_more || self.accept_retry_at.is_some_and(|at| now >= at) {
+                self.accept(ACCEPT_TURN);
+            }
             if now.saturating_duration_since(swept_at) >= TICK {
                 swept_at = now;
                 self.sweep(now);
             }
-            if self.stop.load(Ordering::Acquire) {
-                let since = *stopping_since.get_or_insert_with(|| {
-                    self.begin_stop();
-                    now
-                });
-                if self.conns.is_empty() || now.saturating_duration_since(since) >= STOP_GRACE {
-                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-                    for key in keys {
-                        self.close(key);
+            if self.shutdown.requested() {
+                let since = match self.stopping_since {
+                    Some(since) => since,
+                    None => {
+                        self.shutdown.since(now);
+                        self.stopping_since = Some(now);
+                        self.begin_stop();
+                        now
                     }
+                };
+                self.stop_sweep(now, since);
+                if self.conns.is_empty() {
                     return Ok(());
                 }
             }
@@ -245,8 +319,12 @@ impl<S: Service> EventLoop<S> {
         (self.clock.now(), self.clock.unix_s())
     }
 
-    fn accept(&mut self) {
-        loop {
+    /// Accepts up to `limit` connections (rule 8), answering what each
+    /// sent with it.
+    fn accept(&mut self, limit: usize) {
+        self.accept_more = false;
+        self.accept_retry_at = None;
+        for _ in 0..limit {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
@@ -255,17 +333,15 @@ impl<S: Service> EventLoop<S> {
                     if std::mem::take(&mut self.accept_failing) {
                         log::info!("accepting connections again");
                     }
-                    let open = self.open.fetch_add(1, Ordering::AcqRel);
-                    if open >= self.config.max_connections {
-                        // Accepting and closing empties the backlog; leaving
-                        // it there would wake us again at once, forever.
-                        self.open.fetch_sub(1, Ordering::AcqRel);
+                    // At max_connections: accepting and closing empties the
+                    // backlog; leaving it there would wake us again at
+                    // once, forever.
+                    let Some(slot) = self.slots.try_take() else {
                         drop(stream);
                         continue;
-                    }
+                    };
                     let _ = stream.set_nodelay(true);
-                    let key = self.conns.insert(Conn::new(stream, self.clock.now()));
-                    self.metrics.connections(1);
+                    let key = self.conns.insert(Conn::new(stream, slot, self.clock.now()));
                     // The request usually arrived with the connection: answer
                     // it now, and register only a connection that stays open.
                     // A connection answered and closed at once never costs an
@@ -278,41 +354,59 @@ impl<S: Service> EventLoop<S> {
                             Token(key),
                             Interest::READABLE | Interest::WRITABLE,
                         );
-                        if registered.is_err() {
-                            self.close(key);
+                        match registered {
+                            Ok(()) => conn.registered = true,
+                            Err(_) => self.close(key),
                         }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Interrupted, or a client that reset before we took it.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
-                    // Out of file descriptors and the like: the next accept
-                    // event retries. Returning (not retrying now) keeps the
-                    // loop from spinning while nothing can be accepted.
+                    // Out of file descriptors and the like. The connections
+                    // stay in the backlog, and the edge-triggered listener
+                    // will not report them again until a new one arrives:
+                    // a timer tries again (rule 6).
                     if !std::mem::replace(&mut self.accept_failing, true) {
-                        log::warn!("accept failed: {e}; retrying on the next connection");
+                        log::warn!(
+                            "accept failed: {e}; retrying every {} ms",
+                            ACCEPT_RETRY.as_millis()
+                        );
                     }
+                    self.accept_retry_at = Some(self.clock.now() + ACCEPT_RETRY);
                     return;
                 }
             }
         }
+        self.accept_more = true;
     }
 
-    /// Reads, answers and writes until the socket would block.
+    /// Reads, answers and writes until the socket would block, or the turn
+    /// is used up.
     fn drive(&mut self, key: usize) {
         self.lend(key);
         let next = self.step(key);
-        // Keep: a half-read request and unsent bytes stay with the
+        // Keep, Again: a half-read request and unsent bytes stay with the
         // connection. Hijack: unsent bytes travel with the task. Close: none.
+        let pipelined = self
+            .conns
+            .get(key)
+            .is_some_and(|c| !c.bufs.unparsed().is_empty());
         match next {
-            Next::Keep => self.reclaim(key, true, true),
+            Next::Keep | Next::Again => self.reclaim(key, true, true),
             Next::Hijack(_) => self.reclaim(key, false, true),
             Next::Close => self.reclaim(key, false, false),
         }
         match next {
             Next::Keep => {}
+            Next::Again => self.ready.push(key),
             Next::Close => self.close(key),
-            Next::Hijack(claim) => self.hijack(key, claim),
+            Next::Hijack(claim) => self.hijack(key, claim, pipelined),
         }
     }
 
@@ -356,10 +450,12 @@ impl<S: Service> EventLoop<S> {
     fn step(&mut self, key: usize) -> Next<S::Claim> {
         let (now, unix_s) = self.now();
         let limits = self.config.limits;
+        let stopping = self.stopping_since.is_some();
         let (date, canned) = self.date.stamp(unix_s);
         let Some(conn) = self.conns.get_mut(key) else {
             return Next::Keep;
         };
+        let mut budget = TURN_WORK;
         loop {
             if conn.flush(now).is_err() {
                 return Next::Close;
@@ -376,11 +472,15 @@ impl<S: Service> EventLoop<S> {
             if b.pending_out() > OUT_HIGH {
                 return Next::Keep; // rule 1: resume on the writable event
             }
+            if budget == 0 {
+                return Next::Again; // rule 8
+            }
             let at = Now {
                 at: now,
                 unix_s,
                 date,
                 canned,
+                stopping,
             };
             match answer_buffered(
                 &mut conn.bufs,
@@ -388,11 +488,13 @@ impl<S: Service> EventLoop<S> {
                 &limits,
                 at,
                 &self.metrics,
+                &mut budget,
             ) {
                 Progress::Hijack(claim) => return Next::Hijack(claim),
                 Progress::Answered => continue, // flush before reading more
                 Progress::Idle => {}
             }
+            budget = budget.saturating_sub(1);
             match conn.read_some(now) {
                 ReadOutcome::Data => {}
                 ReadOutcome::WouldBlock => return Next::Keep,
@@ -402,28 +504,41 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    fn hijack(&mut self, key: usize, claim: S::Claim) {
-        let Some(mut conn) = self.conns.try_remove(key) else {
+    /// Hands the connection to the service (see `hijack` for the contract).
+    fn hijack(&mut self, key: usize, claim: S::Claim, pipelined: bool) {
+        let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        // Rule 4: deregister first; then the socket is ours to move.
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.connections(-1);
-        let out = conn.bufs.take_out();
-        let stream = std::net::TcpStream::from(conn.stream);
-        self.service
-            .hijack(Hijacked::new(stream, out, self.drain.clone()), claim);
+        let Conn {
+            mut stream,
+            mut bufs,
+            slot,
+            registered,
+        } = conn;
+        // Rule 4: deregister first; then the socket is ours to move. A
+        // connection hijacked on its first turn, inside `accept`, was never
+        // registered, and there is nothing to undo.
+        if registered {
+            if let Err(e) = self.poll.registry().deregister(&mut stream) {
+                // Cannot happen for a registered socket; were it to, the
+                // poll could report a stale token, which rule 2 tolerates.
+                log::debug!("deregister before hijack failed: {e}");
+            }
+        }
+        let out = bufs.take_out();
+        let stream = std::net::TcpStream::from(stream);
+        self.service.hijack(
+            Hijacked::new(stream, slot, out, pipelined, self.linger.clone()),
+            claim,
+        );
     }
 
     fn close(&mut self, key: usize) {
         // No `deregister`: closing the socket's only descriptor removes it
         // from epoll, and the syscall is a measurable share of the close
-        // path. (A hijack still deregisters: that socket lives on.)
-        if self.conns.try_remove(key).is_some() {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.connections(-1);
-        }
+        // path. (A hijack still deregisters: that socket lives on.) The
+        // connection's slot goes back as it drops.
+        drop(self.conns.try_remove(key));
     }
 
     /// Closes what is past its deadline: a half-read request gets 408 first.
@@ -451,27 +566,43 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    /// Stops accepting and closes every idle connection; the rest may finish
-    /// within `STOP_GRACE`. A request that already reached this host is not
+    /// Stops accepting. A request that already reached this host is not
     /// dropped: the backlog is accepted and every connection read once
     /// first, so bytes waiting in the kernel are answered (or hijacked)
-    /// before "idle" is judged.
+    /// before anything is judged idle (`stop_sweep`).
     fn begin_stop(&mut self) {
-        self.accept();
+        self.accept(usize::MAX);
         if let Some(mut listener) = self.listener.take() {
+            // The listener closes as it drops here; deregistering first
+            // only keeps the poll from reporting it once more.
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        self.accept_more = false;
+        self.accept_retry_at = None;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.drive(key);
         }
-        let idle: Vec<usize> = self
+    }
+
+    /// While stopping, each turn: closes idle connections that were served
+    /// (keep-alive between requests), fresh ones that sent nothing within
+    /// `FRESH_GRACE`, and everything left after `STOP_GRACE`. Answers
+    /// during the stop say `Connection: close`, so served connections leave
+    /// on their own.
+    fn stop_sweep(&mut self, now: Instant, since: Instant) {
+        let all = now.saturating_duration_since(since) >= STOP_GRACE;
+        let fresh_too = now.saturating_duration_since(since) >= FRESH_GRACE;
+        let done: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.bufs.unparsed().is_empty() && c.bufs.pending_out() == 0)
+            .filter(|(_, c)| {
+                let idle = c.bufs.unparsed().is_empty() && c.bufs.pending_out() == 0;
+                all || (idle && (c.bufs.served || fresh_too))
+            })
             .map(|(k, _)| k)
             .collect();
-        for key in idle {
+        for key in done {
             self.close(key);
         }
     }

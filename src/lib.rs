@@ -31,7 +31,9 @@
 //! [`clock`], [`keys`] (every Redis key), [`redis_conn`] (a Redis connection
 //! made on first use, remade after a failure), [`catalog`] (events, Redis ->
 //! memory), [`admin`], [`lookup`] (`/shop/result`), [`metrics`],
-//! [`service`] (what a loop hands requests to), [`serve`] (wiring),
+//! [`service`] (what a loop hands requests to), [`linger`] (finishes slow
+//! answers and closes hijacked sockets without a reset), [`shutdown`] (the
+//! stop flag and the deadlines it caps), [`serve`] (wiring),
 //! [`bench`](mod@bench) (the load generator: the client side, not the server).
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -62,8 +64,10 @@ pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod keys;
+pub mod linger;
 pub mod lookup;
 pub mod metrics;
 pub mod redis_conn;
 pub mod serve;
 pub mod service;
+pub mod shutdown;

@@ -5,19 +5,40 @@
 //! answered by this thread with `Connection: close`. It has its own bounded
 //! channel and Redis connection, so polling for results never waits behind
 //! paced sales, and sales never wait behind reads.
-//! Invariants: every request handed over is answered once: a full channel
-//! is 1004 at once, a Redis failure 1002.
+//!
+//! Like the worker, it answers in batches: every question waiting when it
+//! wakes (up to `MAX_BATCH`) is asked in one pipelined round trip, so a
+//! Redis that hangs costs each waiting question one `redis.timeout_ms`, not
+//! one per question ahead of it. It shares the worker's breaker: its
+//! failures count, and while the breaker is open the event loop answers
+//! 1002 itself and questions already queued get 1002 without a call. A
+//! question older than `request_timeout_ms` gets 1003.
+//!
+//! Invariants: every question handed over is answered once: a full channel
+//! is 1004 at once, a Redis failure 1002; on shutdown the thread answers
+//! every question still queued, then ends (`serve` waits for it).
+//! Never: writes to Redis.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use redis::Value;
 
+use crate::breaker::Breaker;
+use crate::clock::Clock;
 use crate::codes::Code;
-use crate::deduct::Deducter;
 use crate::hijack::Hijacked;
+use crate::keys::GoodsKeys;
+use crate::metrics::Metrics;
+use crate::redis_conn::LazyConn;
+use crate::shutdown::Shutdown;
 
 /// Result requests waiting for Redis at most.
 const BACKLOG: usize = 4096;
+/// Questions asked in one round trip at most.
+const MAX_BATCH: usize = 256;
 
 /// One result question.
 #[derive(Debug)]
@@ -30,41 +51,145 @@ pub struct Question {
     pub goods_id: String,
     /// The asking uid (from the token).
     pub uid: String,
+    /// When the request was complete on the loop.
+    pub arrived_at: Instant,
 }
 
 /// The lookup thread's inbox.
 #[derive(Debug, Clone)]
 pub struct Lookup {
     tx: Sender<Question>,
+    metrics: Metrics,
+}
+
+/// What the lookup thread needs besides its inbox.
+struct Asker {
+    conn: LazyConn,
+    clock: Arc<dyn Clock>,
+    request_timeout: Duration,
+    breaker: Breaker,
+    shutdown: Shutdown,
+    metrics: Metrics,
 }
 
 impl Lookup {
-    /// Starts the thread, with its own connection to `url`.
-    pub fn start(url: &str, timeout: Duration) -> Result<Lookup, String> {
-        let mut redis = Deducter::new(url, timeout).map_err(|e| format!("redis.url: {e}"))?;
+    /// Starts the thread, with its own connection to `url`. The handle ends
+    /// once every `Lookup` clone is dropped and the inbox is answered.
+    pub fn start(
+        url: &str,
+        timeout: Duration,
+        request_timeout: Duration,
+        breaker: Breaker,
+        clock: Arc<dyn Clock>,
+        shutdown: Shutdown,
+        metrics: Metrics,
+    ) -> Result<(Lookup, JoinHandle<()>), String> {
+        let asker = Asker {
+            conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
+            clock,
+            request_timeout,
+            breaker,
+            shutdown,
+            metrics: metrics.clone(),
+        };
         let (tx, rx) = bounded::<Question>(BACKLOG);
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("seckill-lookup".into())
-            .spawn(move || {
-                for q in rx {
-                    match redis.order_of(&q.event_id, &q.goods_id, &q.uid) {
-                        Ok(Some(order_id)) => {
-                            let data = serde_json::json!({"status": "won", "order_id": order_id});
-                            q.conn.answer(Code::Ok, Some(&data.to_string()));
-                        }
-                        Ok(None) => q.conn.answer(Code::Ok, Some(r#"{"status":"none"}"#)),
-                        Err(_) => q.conn.answer(Code::RedisError, None),
-                    }
-                }
-            })
+            .spawn(move || asker.run(rx))
             .map_err(|e| format!("lookup thread: {e}"))?;
-        Ok(Lookup { tx })
+        Ok((Lookup { tx, metrics }, handle))
     }
 
     /// Hands a question over; a full inbox answers 1004 at once.
     pub fn ask(&self, q: Question) {
-        if let Err(TrySendError::Full(q) | TrySendError::Disconnected(q)) = self.tx.try_send(q) {
-            q.conn.answer_busy();
+        match self.tx.try_send(q) {
+            Ok(()) => self.metrics.lookups_waiting(1),
+            Err(TrySendError::Full(q) | TrySendError::Disconnected(q)) => q.conn.answer_busy(),
         }
+    }
+}
+
+impl Asker {
+    fn run(mut self, rx: Receiver<Question>) {
+        // `recv` fails only once every sender is gone and the inbox is empty.
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+            self.answer(batch);
+        }
+    }
+
+    fn answer(&mut self, batch: Vec<Question>) {
+        let n = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        self.answer_batch(batch);
+        self.metrics.lookups_waiting(-n);
+    }
+
+    fn answer_batch(&mut self, batch: Vec<Question>) {
+        let now = self.clock.now();
+        let (late, batch): (Vec<Question>, Vec<Question>) = batch.into_iter().partition(|q| {
+            now > self
+                .shutdown
+                .deadline(q.arrived_at, self.request_timeout, now)
+        });
+        for q in late {
+            q.conn.answer(Code::QueueTimeout, None);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if !self.breaker.try_call(now) {
+            for q in batch {
+                q.conn.answer(Code::RedisError, None);
+            }
+            return;
+        }
+        let found = self.orders_of(&batch);
+        self.breaker.record(found.is_ok(), self.clock.now());
+        let found = found.unwrap_or_else(|e| {
+            log::debug!("result lookup failed: {e}");
+            batch.iter().map(|_| Err(())).collect()
+        });
+        for (q, order) in batch.into_iter().zip(found) {
+            match order {
+                Ok(Some(order_id)) => {
+                    let data = serde_json::json!({"status": "won", "order_id": order_id});
+                    q.conn.answer(Code::Ok, Some(&data.to_string()));
+                }
+                Ok(None) => q.conn.answer(Code::Ok, Some(r#"{"status":"none"}"#)),
+                Err(()) => q.conn.answer(Code::RedisError, None),
+            }
+        }
+    }
+
+    /// `HGET buyers uid` for every question, in one round trip. A per-key
+    /// error (a wrong-type `buyers`) fails only its own question.
+    #[allow(clippy::type_complexity)]
+    fn orders_of(
+        &mut self,
+        batch: &[Question],
+    ) -> redis::RedisResult<Vec<Result<Option<String>, ()>>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for q in batch {
+            pipe.cmd("HGET")
+                .arg(GoodsKeys::new(&q.event_id, &q.goods_id).buyers)
+                .arg(&q.uid);
+        }
+        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(self.conn.get()?);
+        let replies = self.conn.settle(result)?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r {
+                Ok(Value::Nil) => Ok(None),
+                Ok(Value::BulkString(b)) => String::from_utf8(b).map(Some).map_err(drop),
+                _ => Err(()),
+            })
+            .collect())
     }
 }

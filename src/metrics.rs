@@ -65,6 +65,10 @@ struct Inner {
     rtt_count: AtomicU64,
     rtt_sum_us: AtomicU64,
     open_connections: AtomicI64,
+    deduct_errors: AtomicU64,
+    unresolved: AtomicU64,
+    catalog_skipped: AtomicI64,
+    lookups_waiting: AtomicI64,
 }
 
 /// Shared handle to every counter.
@@ -81,6 +85,10 @@ impl Default for Metrics {
             rtt_count: AtomicU64::new(0),
             rtt_sum_us: AtomicU64::new(0),
             open_connections: AtomicI64::new(0),
+            deduct_errors: AtomicU64::new(0),
+            unresolved: AtomicU64::new(0),
+            catalog_skipped: AtomicI64::new(0),
+            lookups_waiting: AtomicI64::new(0),
         }))
     }
 }
@@ -133,6 +141,29 @@ impl Metrics {
         self.0.open_connections.fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// Counts a deduct the script refused for a bad key of its goods.
+    pub fn deduct_error(&self) {
+        self.0.deduct_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an attempt whose outcome was still unknown at its deadline.
+    pub fn unresolved(&self) {
+        self.0.unresolved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets how many events and goods the last catalog read skipped.
+    pub fn catalog_skipped(&self, n: usize) {
+        self.0
+            .catalog_skipped
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// A `/shop/result` question was handed to the lookup thread (+1) or
+    /// answered by it (-1).
+    pub fn lookups_waiting(&self, delta: i64) {
+        self.0.lookups_waiting.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// Open connections now.
     pub fn open_connections(&self) -> i64 {
         self.0.open_connections.load(Ordering::Relaxed)
@@ -174,12 +205,17 @@ impl Metrics {
         let _ = writeln!(s, "# HELP seckill_queue_depth Tasks waiting in the hijack queue.\n# TYPE seckill_queue_depth gauge\nseckill_queue_depth {queue_depth}");
         let _ = writeln!(
             s,
+            "# HELP seckill_lookups_waiting /shop/result questions handed to the lookup thread and not yet answered.\n# TYPE seckill_lookups_waiting gauge\nseckill_lookups_waiting {}",
+            m.lookups_waiting.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
             "# HELP seckill_tokens_spent_total Tokens the worker took from its bucket.\n# TYPE seckill_tokens_spent_total counter\nseckill_tokens_spent_total {}",
             m.tokens.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             s,
-            "# HELP seckill_open_connections Connections open on the event loops.\n# TYPE seckill_open_connections gauge\nseckill_open_connections {}",
+            "# HELP seckill_open_connections Client connections the process holds: on the event loops and hijacked (queued, answering, lingering).\n# TYPE seckill_open_connections gauge\nseckill_open_connections {}",
             m.open_connections.load(Ordering::Relaxed)
         );
         s.push_str(
@@ -204,6 +240,21 @@ impl Metrics {
             m.rtt_sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "seckill_redis_round_trip_seconds_count {count}");
+        let _ = writeln!(
+            s,
+            "# HELP seckill_deduct_errors_total Deducts the script refused because a key of the goods is bad (wrong type, stock not an integer); nothing was written.\n# TYPE seckill_deduct_errors_total counter\nseckill_deduct_errors_total {}",
+            m.deduct_errors.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP seckill_deduct_unresolved_total Attempts answered 1002 whose outcome Redis could not be asked before their deadline.\n# TYPE seckill_deduct_unresolved_total counter\nseckill_deduct_unresolved_total {}",
+            m.unresolved.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP seckill_catalog_skipped Events and goods the last catalog read skipped for a bad key (bad JSON, wrong type).\n# TYPE seckill_catalog_skipped gauge\nseckill_catalog_skipped {}",
+            m.catalog_skipped.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             s,
             "# HELP seckill_breaker_open 1 while the Redis circuit breaker is open.\n# TYPE seckill_breaker_open gauge\nseckill_breaker_open {}",

@@ -23,6 +23,7 @@ use crate::auth::{valid_id, Signer};
 use crate::blacklist::Blacklist;
 use crate::breaker::Breaker;
 use crate::catalog::{Catalog, EventDef, Snapshot};
+use crate::clock::SystemClock;
 use crate::codes::Code;
 use crate::config::QueueConfig;
 use crate::hijack::{Hijacked, Task};
@@ -33,6 +34,7 @@ use crate::metrics::{Metrics, RouteLabel};
 use crate::queue::{self, Consumer, Producer};
 use crate::route::{self, Route, RouteError};
 use crate::service::{reply, Handled, Now, Service};
+use crate::shutdown::Shutdown;
 use crate::stock::{Lease, Stock, Take};
 
 /// What a public request claims the connection for.
@@ -55,6 +57,8 @@ pub enum Claim {
         goods_id: String,
         /// Uid from the token.
         uid: String,
+        /// When it arrived.
+        arrived_at: Instant,
     },
 }
 
@@ -161,10 +165,16 @@ impl Public {
         if !known {
             return Err((Code::NotFound, Extra::None));
         }
+        // Like a sale: while Redis is known down, say so at once rather
+        // than queue a question that would wait out a timeout.
+        if !self.breaker.admit(now.at) {
+            return Err((Code::RedisError, Extra::None));
+        }
         Ok(Claim::Result {
             event_id: event_id.to_string(),
             goods_id: goods_id.to_string(),
             uid: uid.to_string(),
+            arrived_at: now.at,
         })
     }
 }
@@ -185,14 +195,25 @@ impl Public {
         let catalog = Arc::new(Catalog::default());
         catalog.replace(Snapshot::build(defs, stocks.iter().copied(), &stock));
         let (queue, consumer) = queue::open("shop", &QueueConfig::default())?;
+        let breaker = Breaker::new(5, Duration::from_secs(1));
+        // Never asked: in-memory users do not hand connections over. Its
+        // thread ends when the service is dropped.
+        let (lookup, _thread) = Lookup::start(
+            "redis://127.0.0.1:1/",
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+            breaker.clone(),
+            Arc::new(SystemClock),
+            Shutdown::new(),
+            Metrics::default(),
+        )?;
         let service = Public {
             signer: Signer::new(secret),
             catalog,
             stock,
             queue,
-            // Never asked: in-memory users do not hand connections over.
-            lookup: Lookup::start("redis://127.0.0.1:1/", Duration::from_millis(10))?,
-            breaker: Breaker::new(5, Duration::from_secs(1)),
+            lookup,
+            breaker,
             blacklist: Blacklist::new(),
             metrics: Metrics::default(),
         };
@@ -286,20 +307,24 @@ impl Service for Public {
                 };
                 if let Err(task) = self.queue.try_push(task) {
                     // Another loop filled the queue since the check: still
-                    // 1004 at once; the lease's drop gives the unit back.
+                    // 1004 at once, the unit given back before the answer.
+                    let Task { conn, lease, .. } = task;
+                    drop(lease);
                     self.metrics.count(RouteLabel::CartAdd, Code::Busy);
-                    task.conn.answer_busy();
+                    conn.answer_busy();
                 }
             }
             Claim::Result {
                 event_id,
                 goods_id,
                 uid,
+                arrived_at,
             } => self.lookup.ask(Question {
                 conn,
                 event_id,
                 goods_id,
                 uid,
+                arrived_at,
             }),
         }
     }

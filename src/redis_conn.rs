@@ -7,6 +7,11 @@
 //! unknown, so it is dropped and the next call connects anew; an error
 //! reply from the server leaves it usable. The worker's deducter, the
 //! lookup thread, the catalog and the admin service each own one.
+//!
+//! A connection that tracks its client id (`tracking_client_id`: the
+//! deducter's) asks `CLIENT ID` when it is made and remembers the ids of
+//! the connections it dropped after a failure, so the deducter can kill
+//! them on the server before trusting what Redis says of their attempts.
 
 use std::time::Duration;
 
@@ -26,7 +31,16 @@ pub struct LazyConn {
     timeout: Duration,
     // INVARIANT: None after a connection-level failure, until the next get.
     conn: Option<Connection>,
+    track_id: bool,
+    // The server's id of `conn`, when tracked and known.
+    id: Option<i64>,
+    // Ids of connections dropped after a failure, not yet known dead on
+    // the server. INVARIANT: at most `MAX_DEAD` (the oldest go first).
+    dead: Vec<i64>,
 }
+
+/// Failed connections remembered for killing at most.
+const MAX_DEAD: usize = 16;
 
 impl std::fmt::Debug for LazyConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,14 +57,39 @@ impl LazyConn {
             client: redis::Client::open(url)?,
             timeout,
             conn: None,
+            track_id: false,
+            id: None,
+            dead: Vec::new(),
         })
+    }
+
+    /// Asks `CLIENT ID` of every connection it makes, and remembers the ids
+    /// of those it drops after a failure (`dead_ids`).
+    pub fn tracking_client_id(mut self) -> Self {
+        self.track_id = true;
+        self
     }
 
     /// The connection, connecting first if there is none.
     pub fn get(&mut self) -> RedisResult<&mut Connection> {
+        if self.conn.is_none() {
+            let mut conn = connect(&self.client, self.timeout)?;
+            if self.track_id {
+                // A server that refuses CLIENT ID (renamed, not permitted)
+                // leaves the id unknown; a connection failure is a failure.
+                self.id = match redis::cmd("CLIENT").arg("ID").query::<i64>(&mut conn) {
+                    Ok(id) => Some(id),
+                    Err(e) if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) => {
+                        None
+                    }
+                    Err(e) => return Err(e),
+                };
+            }
+            self.conn = Some(conn);
+        }
         match self.conn {
             Some(ref mut c) => Ok(c),
-            None => Ok(self.conn.insert(connect(&self.client, self.timeout)?)),
+            None => Err(RedisError::from((ErrorKind::Io, "not connected"))),
         }
     }
 
@@ -65,9 +104,28 @@ impl LazyConn {
 
     /// Forgets the connection unless `e` is an error reply from the server.
     pub fn failed(&mut self, e: &RedisError) {
-        if !matches!(e.kind(), ErrorKind::Server(_)) {
-            self.conn = None;
+        if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) {
+            return;
         }
+        if self.conn.take().is_some() {
+            if let Some(id) = self.id.take() {
+                if self.dead.len() == MAX_DEAD {
+                    self.dead.remove(0);
+                }
+                self.dead.push(id);
+            }
+        }
+    }
+
+    /// Ids of connections dropped after a failure that may still be alive
+    /// on the server (tracked connections only).
+    pub fn dead_ids(&self) -> &[i64] {
+        &self.dead
+    }
+
+    /// `id` is known gone on the server.
+    pub fn forget_dead(&mut self, id: i64) {
+        self.dead.retain(|d| *d != id);
     }
 
     /// The client (for connections with a life of their own: pub/sub).

@@ -3,16 +3,20 @@
 //! Threads: `server.threads` public event loops (0 = one per core), each
 //! with its own listener on the same port (`SO_REUSEPORT` when more than
 //! one); one admin event loop; one worker; the catalog and its pub/sub
-//! listener; the lookup thread (`/shop/result`); the drain thread.
+//! listener; the lookup thread (`/shop/result`); the linger thread.
 //!
-//! Shutdown (SIGTERM or SIGINT, or `Running::stop`): the loops stop
-//! accepting, close idle connections and let busy ones finish briefly; when
-//! the last loop is gone, so is the last queue producer, and the worker
-//! answers every task still queued (a sale, or 1003 past its deadline) and
-//! returns. Then the process exits 0.
+//! Shutdown (SIGTERM or SIGINT, or `Running::stop`; see `shutdown`): the
+//! loops stop accepting, answer what they already read, give fresh
+//! connections a short grace and busy ones a longer one, then end. With the
+//! last loop gone, so are the last queue producer and the last lookup
+//! sender: the worker answers every task still queued (a sale, or 1003 past
+//! its deadline) and the lookup thread every question, then both return;
+//! then the linger thread closes what it still holds. `wait` joins them all
+//! in that order, so the process exits 0 only when every request it read
+//! has its answer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,14 +31,16 @@ use crate::bucket::Bucket;
 use crate::catalog::{Catalog, Refresher};
 use crate::clock::Clock;
 use crate::config::{Config, SHOP_QUEUE};
+use crate::conn::Slots;
 use crate::deduct::Deducter;
 use crate::event_loop::{EventLoop, LoopConfig};
-use crate::hijack::Drain;
 use crate::http::parse::Limits;
+use crate::linger::Linger;
 use crate::lookup::Lookup;
 use crate::metrics::Metrics;
 use crate::public::Public;
 use crate::queue;
+use crate::shutdown::Shutdown;
 use crate::stock::Stock;
 use crate::worker::Worker;
 
@@ -48,9 +54,14 @@ pub struct Running {
     pub public_addr: SocketAddr,
     /// Where the admin listener is bound.
     pub admin_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    /// The client connections the public loops may hold at once: the
+    /// configured `max_connections`, or less when the open-file limit
+    /// cannot fit it.
+    pub max_connections: usize,
+    shutdown: Shutdown,
     loops: Vec<JoinHandle<std::io::Result<()>>>,
-    worker: JoinHandle<()>,
+    // Joined after the loops, in this order (see the module doc).
+    answerers: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 fn listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<mio::net::TcpListener> {
@@ -65,24 +76,48 @@ fn listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<mio::net::Tcp
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
-/// Descriptors beyond `max_connections` the process needs for itself:
-/// listeners, Redis connections, hijacked sockets on their way to the
-/// worker and the drain thread.
-const FD_HEADROOM: u64 = 1024;
+/// Connections the admin listener holds at most: it serves operators and
+/// their scripts, and must never eat into the public listener's share of
+/// descriptors.
+const ADMIN_CONNECTIONS: usize = 32;
+
+/// Descriptors the process needs besides client sockets: a listener and a
+/// poll per loop, the admin connections, Redis connections (worker and its
+/// resolver, lookup, catalog, pub/sub, admin), the linger thread's poll,
+/// standard streams and the blacklist file, with room to spare.
+fn fd_reserve(threads: usize) -> u64 {
+    64 + ADMIN_CONNECTIONS as u64 + 2 * threads as u64
+}
 
 /// Raises the soft open-file limit as far as `max_connections` needs (never
-/// past the hard limit). Many systems start processes at 1024, which would
-/// refuse connections long before `server.max_connections`.
-fn raise_fd_limit(max_connections: usize) {
-    let want = (max_connections as u64).saturating_add(FD_HEADROOM);
-    match rlimit::increase_nofile_limit(want) {
-        Ok(got) if got < want => log::warn!(
-            "open-file limit is {got}, below server.max_connections + {FD_HEADROOM}: \
-             connections past it will be refused (raise the hard limit, e.g. LimitNOFILE)"
-        ),
-        Ok(_) => {}
-        Err(e) => log::warn!("could not raise the open-file limit: {e}"),
+/// past the hard limit), and returns the `max_connections` that fits:
+/// many systems start processes at 1024 descriptors, and a server that
+/// accepted past its limit would fail its own accepts and Redis connects.
+fn fit_max_connections(max_connections: usize, threads: usize) -> usize {
+    let reserve = fd_reserve(threads);
+    let want = (max_connections as u64).saturating_add(reserve);
+    let soft = match rlimit::increase_nofile_limit(want) {
+        Ok(got) => got,
+        Err(e) => {
+            log::warn!("could not raise the open-file limit: {e}");
+            match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+                Ok((soft, _)) => soft,
+                Err(_) => return max_connections,
+            }
+        }
+    };
+    if soft >= want {
+        return max_connections;
     }
+    let fits = usize::try_from(soft.saturating_sub(reserve))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    log::warn!(
+        "server.max_connections = {max_connections} does not fit the open-file limit of {soft} \
+         ({reserve} kept for listeners, Redis and admin): using max_connections = {fits}; \
+         raise the hard limit (e.g. LimitNOFILE) to allow more"
+    );
+    fits
 }
 
 /// Starts every thread; returns once the listeners are bound.
@@ -90,10 +125,15 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     if config.auth.secret.is_empty() {
         return Err("auth.secret is empty: set a secret in the config file; the server refuses to start without one".into());
     }
-    raise_fd_limit(config.server.max_connections);
+    let threads = match config.server.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let max_connections = fit_max_connections(config.server.max_connections, threads);
     let metrics = Metrics::default();
-    let stop = Arc::new(AtomicBool::new(false));
+    let shutdown = Shutdown::new();
     let redis_timeout = config.redis.timeout();
+    let request_timeout = config.server.request_timeout();
 
     let stock = Stock::new(config.stock.nodes, config.stock.factor);
     let catalog = Arc::new(Catalog::default());
@@ -102,6 +142,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         redis_timeout,
         catalog.clone(),
         stock.clone(),
+        metrics.clone(),
     )?;
     if !refresher.refresh() {
         log::warn!(
@@ -110,13 +151,13 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         );
     }
     refresher
-        .spawn(stop.clone())
+        .spawn(shutdown.flag())
         .map_err(|e| format!("catalog thread: {e}"))?;
 
     let blacklist = Blacklist::new();
     if let Some(path) = config.blacklist_path() {
         blacklist
-            .watch(path, stop.clone())
+            .watch(path, shutdown.flag())
             .map_err(|e| format!("blacklist thread: {e}"))?;
     }
     let breaker = Breaker::new(
@@ -133,17 +174,26 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         Bucket::new(queue_cfg.rate, queue_cfg.burst, clock.now()),
         deducter,
         clock.clone(),
-        config.server.request_timeout(),
+        request_timeout,
         breaker.clone(),
         metrics.clone(),
+        shutdown.clone(),
     );
     let worker = std::thread::Builder::new()
         .name("seckill-worker".into())
         .spawn(move || worker.run())
         .map_err(|e| format!("worker thread: {e}"))?;
 
-    let lookup = Lookup::start(&config.redis.url, redis_timeout)?;
-    let drain = Drain::start().map_err(|e| format!("drain thread: {e}"))?;
+    let (lookup, lookup_thread) = Lookup::start(
+        &config.redis.url,
+        redis_timeout,
+        request_timeout,
+        breaker.clone(),
+        clock.clone(),
+        shutdown.clone(),
+        metrics.clone(),
+    )?;
+    let (linger, linger_thread) = Linger::start().map_err(|e| format!("linger thread: {e}"))?;
     let signer = Signer::new(config.auth.secret.as_bytes());
     let loop_config = LoopConfig {
         limits: Limits {
@@ -152,14 +202,8 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         },
         read_timeout: config.server.read_timeout(),
         keepalive_timeout: config.server.keepalive_timeout(),
-        max_connections: config.server.max_connections,
     };
-    let open = Arc::new(AtomicUsize::new(0));
-
-    let threads = match config.server.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let slots = Slots::new(max_connections, metrics.clone());
     let first = listener(config.server.bind, threads > 1)
         .map_err(|e| format!("server.bind {}: {e}", config.server.bind))?;
     let public_addr = first
@@ -193,10 +237,10 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
             l,
             service,
             loop_config.clone(),
-            open.clone(),
+            slots.clone(),
             clock.clone(),
-            drain.clone(),
-            stop.clone(),
+            linger.clone(),
+            shutdown.clone(),
             metrics.clone(),
         )
         .map_err(|e| format!("event loop: {e}"))?;
@@ -207,8 +251,10 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
                 .map_err(|e| format!("event loop thread: {e}"))?,
         );
     }
-    // The loops hold the only producers now: when they end, the queue closes.
+    // The loops hold the only producers and lookup senders now: when they
+    // end, the queue and the lookup inbox close.
     drop(producer);
+    drop(lookup);
 
     let admin = Admin::new(
         config.admin.key.clone(),
@@ -221,10 +267,10 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         admin_listener,
         admin,
         loop_config,
-        Arc::new(AtomicUsize::new(0)),
+        Slots::new(ADMIN_CONNECTIONS, Metrics::default()),
         clock.clone(),
-        drain,
-        stop.clone(),
+        linger,
+        shutdown.clone(),
         metrics,
     )
     .map_err(|e| format!("admin loop: {e}"))?;
@@ -238,24 +284,30 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     Ok(Running {
         public_addr,
         admin_addr,
-        stop,
+        max_connections,
+        shutdown,
         loops,
-        worker,
+        answerers: vec![
+            ("worker", worker),
+            ("lookup", lookup_thread),
+            ("linger", linger_thread),
+        ],
     })
 }
 
 impl Running {
     /// The flag that stops the server when set (signal handlers set it).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
+        self.shutdown.flag()
     }
 
     /// Asks every loop to stop.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.shutdown.request();
     }
 
-    /// Waits for the loops, then for the worker to answer every queued task.
+    /// Waits for the loops, then for the worker, the lookup thread and the
+    /// linger thread to answer and close everything they hold.
     pub fn wait(self) -> Result<(), String> {
         let mut result = Ok(());
         for handle in self.loops {
@@ -265,8 +317,10 @@ impl Running {
                 Err(_) => result = Err("event loop panicked".to_string()),
             }
         }
-        if self.worker.join().is_err() {
-            result = Err("worker panicked".to_string());
+        for (name, handle) in self.answerers {
+            if handle.join().is_err() {
+                result = Err(format!("{name} thread panicked"));
+            }
         }
         result
     }

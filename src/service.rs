@@ -26,6 +26,8 @@ pub struct Now<'a> {
     pub date: &'a str,
     /// This second's pre-encoded fixed answers.
     pub canned: &'a Canned,
+    /// The server is stopping: every answer says `Connection: close`.
+    pub stopping: bool,
 }
 
 /// What became of one request.

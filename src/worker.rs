@@ -11,37 +11,50 @@
 //!    queued that has a token waiting (up to `MAX_BATCH`) joins it, and the
 //!    batch's scripts go to Redis in one round trip, each still atomic and
 //!    answered on its own;
-//! 3. the outcome settles the lease and picks the answer:
+//! 3. the outcome settles the lease, then picks the answer:
 //!    won -> commit, 0 with `order_id` and `stock_left`; no stock -> the
 //!    share drops to 0 (and the other nodes are told), 1001; already
 //!    purchased -> 1005; not found -> 4004; Redis failed -> 1002. Every
-//!    outcome but "won" and "no stock" gives the unit back (the lease's drop).
+//!    outcome but "won" and "no stock" gives the unit back.
+//! 4. a round trip that failed after the scripts were sent leaves the
+//!    outcome unknown: the worker asks Redis (`Deducter::resolve`, a fresh
+//!    connection, the failed one killed first) whether each uid is in
+//!    `buyers`, retrying until the task's deadline, and answers 0 with the
+//!    order when it is, 1002 when it is not or Redis never answered.
 //!
 //! While the breaker is open, tasks already queued get 1002 without a Redis
 //! call, except the one probe per `probe_ms`; every call's outcome is
-//! recorded, so a good probe closes it.
+//! recorded, so a good probe closes it. An error that belongs to one goods
+//! (a wrong-type key) does not feed the breaker: it is counted in
+//! `seckill_deduct_errors_total` and logged once per goods until it heals.
 //!
 //! Invariants: every task popped is answered exactly once (`Hijacked` answers
-//! 1002 if dropped); the worker never blocks on a client (answers are written
-//! non-blocking, the rest goes to the drain thread); when the queue closes
-//! (shutdown), every task still in it is answered before `run` returns.
+//! 1002 if dropped); a task's lease is settled before its answer is written,
+//! so a client that retries at once sees the unit back; the worker never
+//! blocks on a client (answers are written non-blocking, the rest goes to
+//! the linger thread); when the queue closes (shutdown), every task still in
+//! it is answered before `run` returns.
 //! Never: reaches back into an event loop.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::attempt::Attempt;
 use crate::breaker::Breaker;
 use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::deduct::{DeductError, DeductOutcome, Deducter};
+use crate::deduct::{DeductError, DeductOutcome, Deducter, Resolved};
 use crate::hijack::Task;
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Popped};
+use crate::shutdown::Shutdown;
 
 /// Tasks sent to Redis in one round trip at most.
 pub const MAX_BATCH: usize = 64;
+/// Pause between two tries to resolve unknown outcomes.
+const RESOLVE_PAUSE: Duration = Duration::from_millis(50);
 
 /// The worker and everything it owns.
 pub struct Worker {
@@ -52,10 +65,14 @@ pub struct Worker {
     request_timeout: Duration,
     breaker: Breaker,
     metrics: Metrics,
+    shutdown: Shutdown,
+    // Goods whose last deduct failed on a bad key: logged once until healed.
+    broken: HashSet<(String, String)>,
 }
 
 impl Worker {
     /// A worker draining `consumer`, paced by `bucket`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         consumer: Box<dyn Consumer>,
         bucket: Bucket,
@@ -64,6 +81,7 @@ impl Worker {
         request_timeout: Duration,
         breaker: Breaker,
         metrics: Metrics,
+        shutdown: Shutdown,
     ) -> Self {
         Worker {
             consumer,
@@ -73,6 +91,8 @@ impl Worker {
             request_timeout,
             breaker,
             metrics,
+            shutdown,
+            broken: HashSet::new(),
         }
     }
 
@@ -85,6 +105,11 @@ impl Worker {
                 Popped::Closed => return,
             }
         }
+    }
+
+    fn deadline(&self, task: &Task) -> Instant {
+        self.shutdown
+            .deadline(task.arrived_at, self.request_timeout, self.clock.now())
     }
 
     /// Gathers `first` and as many more queued tasks as the bucket has
@@ -106,17 +131,14 @@ impl Worker {
     }
 
     /// Takes this task's token, waiting if need be; a task whose wait (queue
-    /// plus token) passes `request_timeout_ms` is answered 1003 instead, no
-    /// token spent, its stock given back (the lease's drop).
+    /// plus token) passes its deadline is answered 1003 instead, no token
+    /// spent, its stock given back.
     fn pace(&mut self, task: Task) -> Option<Task> {
-        let deadline = task.arrived_at + self.request_timeout;
         loop {
             let now = self.clock.now();
+            let deadline = self.deadline(&task);
             if now > deadline {
-                self.metrics.count_sale(Code::QueueTimeout);
-                let Task { conn, lease, .. } = task;
-                drop(lease);
-                conn.answer(Code::QueueTimeout, None);
+                self.finish(task, Settle::GiveBack, Code::QueueTimeout, None);
                 return None;
             }
             match self.bucket.try_take(now) {
@@ -124,9 +146,11 @@ impl Worker {
                     self.metrics.token_spent();
                     return Some(task);
                 }
-                Err(wait) => {
-                    std::thread::sleep(wait.min(deadline - now + Duration::from_millis(1)))
-                }
+                // Short sleeps while stopping, so the capped deadline is met.
+                Err(wait) => std::thread::sleep(
+                    wait.min(deadline - now + Duration::from_millis(1))
+                        .min(Duration::from_millis(50)),
+                ),
             }
         }
     }
@@ -136,60 +160,141 @@ impl Worker {
         if !self.breaker.try_call(started) {
             // Open, and this batch is not the probe: no Redis call, stock back.
             for task in batch {
-                self.answer_failed(task);
+                self.finish(task, Settle::GiveBack, Code::RedisError, None);
             }
             return;
         }
         let attempts: Vec<&Attempt> = batch.iter().map(|t| &t.attempt).collect();
         let results = self.deducter.deduct_many(&attempts, self.clock.unix_ms());
         let done = self.clock.now();
-        self.breaker.record(results.is_ok(), done);
+        // Redis as a whole failed when the trip failed or it refused work
+        // for reasons of its own (busy, loading); a bad key of one goods is
+        // that goods' problem, not the breaker's.
+        let redis_ok = results
+            .iter()
+            .all(|r| !matches!(r, Err(e) if !e.is_goods_specific()));
+        self.breaker.record(redis_ok, done);
         self.metrics
             .redis_round_trip(done.saturating_duration_since(started));
-        match results {
-            Ok(results) => {
-                for (task, result) in batch.into_iter().zip(results) {
-                    self.answer(task, result);
-                }
+        let mut unknown = Vec::new();
+        for (task, result) in batch.into_iter().zip(results) {
+            match result {
+                Err(DeductError::Unknown) => unknown.push(task),
+                result => self.answer(task, result),
+            }
+        }
+        if !unknown.is_empty() {
+            self.resolve(unknown);
+        }
+    }
+
+    /// Settles the lease by the outcome, then answers.
+    fn answer(&mut self, task: Task, result: Result<DeductOutcome, DeductError>) {
+        let goods = (task.attempt.event_id.clone(), task.attempt.goods_id.clone());
+        if !matches!(result, Err(ref e) if e.is_goods_specific()) && self.broken.remove(&goods) {
+            log::info!("goods {}/{}: deducts work again", goods.0, goods.1);
+        }
+        match result {
+            Ok(DeductOutcome::Won {
+                order_id,
+                stock_left,
+            }) => {
+                let data =
+                    serde_json::json!({"order_id": order_id, "stock_left": stock_left}).to_string();
+                self.finish(task, Settle::Commit, Code::Ok, Some(&data));
+            }
+            Ok(DeductOutcome::NoStock) => self.finish(task, Settle::SoldOut, Code::NoStock, None),
+            Ok(DeductOutcome::AlreadyPurchased) => {
+                self.finish(task, Settle::AlreadyBought, Code::AlreadyPurchased, None)
+            }
+            Ok(DeductOutcome::NotFound) => {
+                self.finish(task, Settle::GiveBack, Code::NotFound, None)
             }
             Err(e) => {
-                log::debug!("deduct round trip failed: {e:?}");
-                for task in batch {
-                    self.answer_failed(task);
+                if e.is_goods_specific() {
+                    self.metrics.deduct_error();
+                    if self.broken.insert(goods.clone()) {
+                        log::warn!(
+                            "goods {}/{}: the deduct script refused it ({e:?}); answering 1002 until its keys are fixed",
+                            goods.0,
+                            goods.1
+                        );
+                    }
+                } else {
+                    log::debug!("deduct failed: {e:?}");
+                }
+                self.finish(task, Settle::GiveBack, Code::RedisError, None)
+            }
+        }
+    }
+
+    /// Asks Redis what became of tasks whose round trip failed after their
+    /// scripts were sent, retrying until each task's deadline: a uid found
+    /// in `buyers` won (answered 0 with its order), one not found did not
+    /// sell (1002, unit back). A task whose deadline passes first is
+    /// answered 1002: the one case where a sale may stand unannounced
+    /// (`/shop/result` shows it).
+    fn resolve(&mut self, mut pending: Vec<Task>) {
+        loop {
+            let now = self.clock.now();
+            let (late, waiting): (Vec<Task>, Vec<Task>) =
+                pending.into_iter().partition(|t| now > self.deadline(t));
+            for task in late {
+                self.metrics.unresolved();
+                self.finish(task, Settle::GiveBack, Code::RedisError, None);
+            }
+            pending = waiting;
+            if pending.is_empty() {
+                return;
+            }
+            let attempts: Vec<&Attempt> = pending.iter().map(|t| &t.attempt).collect();
+            let found = self.deducter.resolve(&attempts);
+            self.breaker.record(found.is_ok(), self.clock.now());
+            match found {
+                Ok(found) => {
+                    for (task, found) in pending.into_iter().zip(found) {
+                        match found {
+                            Resolved::Won {
+                                order_id,
+                                stock_left,
+                            } => {
+                                let data = serde_json::json!({"order_id": order_id, "stock_left": stock_left})
+                                    .to_string();
+                                self.finish(task, Settle::Commit, Code::Ok, Some(&data));
+                            }
+                            Resolved::NotSold => {
+                                self.finish(task, Settle::GiveBack, Code::RedisError, None)
+                            }
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("resolving unknown outcomes failed: {e}");
+                    std::thread::sleep(RESOLVE_PAUSE);
                 }
             }
         }
     }
 
-    fn answer_failed(&mut self, task: Task) {
-        let Task { conn, lease, .. } = task;
-        drop(lease);
-        self.metrics.count_sale(Code::RedisError);
-        conn.answer(Code::RedisError, None);
-    }
-
-    /// Settles the lease by the outcome and answers.
-    fn answer(&mut self, task: Task, result: Result<DeductOutcome, DeductError>) {
+    /// Settles the task's lease as `settle` says, counts the answer, then
+    /// writes it: in that order, so a client retrying the moment it reads
+    /// its answer finds the unit already back.
+    fn finish(&mut self, task: Task, settle: Settle, code: Code, data: Option<&str>) {
         let Task {
             conn,
-            attempt,
             lease,
+            attempt,
             ..
         } = task;
-        let code = match result {
-            Ok(DeductOutcome::Won {
-                order_id,
-                stock_left,
-            }) => {
-                lease.commit();
-                let data =
-                    serde_json::json!({"order_id": order_id, "stock_left": stock_left}).to_string();
-                self.metrics.count_sale(Code::Ok);
-                return conn.answer(Code::Ok, Some(&data));
-            }
-            Ok(DeductOutcome::NoStock) => {
+        match settle {
+            Settle::Commit => lease.commit(),
+            Settle::AlreadyBought => lease.already_bought(),
+            Settle::GiveBack => drop(lease),
+            Settle::SoldOut => {
                 if lease.sold_out() {
-                    // Best effort: the catalog's periodic re-read heals a lost message.
+                    // Best effort: the catalog's periodic re-read heals a
+                    // lost message.
                     if let Err(e) = self
                         .deducter
                         .publish_sold_out(&attempt.event_id, &attempt.goods_id)
@@ -197,19 +302,22 @@ impl Worker {
                         log::debug!("publish sold-out failed: {e}");
                     }
                 }
-                Code::NoStock
             }
-            Ok(DeductOutcome::AlreadyPurchased) => {
-                lease.already_bought();
-                Code::AlreadyPurchased
-            }
-            Ok(DeductOutcome::NotFound) => Code::NotFound,
-            Err(e) => {
-                log::debug!("deduct failed: {e:?}");
-                Code::RedisError
-            }
-        };
+        }
         self.metrics.count_sale(code);
-        conn.answer(code, None);
+        conn.answer(code, data);
     }
+}
+
+/// How a task's lease ends before its answer is written.
+enum Settle {
+    /// A sale: keep the unit.
+    Commit,
+    /// Redis says the uid already bought: unit back, uid remembered.
+    AlreadyBought,
+    /// Anything else: the unit goes back.
+    GiveBack,
+    /// Redis has no stock: the share drops to 0 (and the nodes are told
+    /// when this is news).
+    SoldOut,
 }

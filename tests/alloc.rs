@@ -104,8 +104,11 @@ fn loop_answered_requests_allocate_nothing_per_request() {
             unix_s,
             date,
             canned,
+            stopping: false,
         };
-        let progress = answer_buffered(bufs, &mut service, &limits, now, &metrics);
+        let progress = answer_buffered(bufs, &mut service, &limits, now, &metrics, &mut {
+            usize::MAX
+        });
         assert!(matches!(progress, Progress::Answered), "{progress:?}");
         assert!(bufs.unparsed().is_empty() && !bufs.closing);
         let answers = bufs.out.windows(9).filter(|w| w == b"HTTP/1.1 ").count();

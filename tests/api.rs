@@ -645,3 +645,100 @@ fn metrics_move_with_traffic() {
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
 }
+
+/// Issue 7 (7): a goods dropped from an event's definition by a later
+/// `POST /admin/events` kept its stock, buyers and orders keys, and a
+/// re-created goods inherited the old stock and buyers. Dropping a goods
+/// now removes its keys, as `DELETE` does.
+#[test]
+fn dropping_a_goods_from_an_event_removes_its_keys() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let s = server_with(&redis, "");
+    let def = |goods: &str| {
+        format!(
+            r#"{{"event_id":"e2","name":"sale","start_at":0,"end_at":4102444800,"goods":[{goods}]}}"#
+        )
+    };
+    let g1 = r#"{"goods_id":"g1","stock":5}"#;
+    let g2 = r#"{"goods_id":"g2","stock":3}"#;
+    let both = def(&format!("{g1},{g2}"));
+    admin_req(&s, "POST", "/admin/events", Some(ADMIN_KEY), Some(&both)).assert(
+        200,
+        0,
+        "ok",
+        "keep-alive",
+    );
+    assert!(s.wait_for_event("e2", Duration::from_secs(1)));
+    s.client()
+        .buy("u1", "e2", "g2")
+        .assert(200, 0, "ok", "close");
+    admin_req(&s, "POST", "/admin/events", Some(ADMIN_KEY), Some(&def(g1))).assert(
+        200,
+        0,
+        "ok",
+        "keep-alive",
+    );
+    for key in ["stock", "buyers", "orders"] {
+        let n: i64 = redis.cmd(&["EXISTS", &format!("seckill:{{e2:g2}}:{key}")]);
+        assert_eq!(n, 0, "the dropped goods' {key} key is gone");
+    }
+    let n: i64 = redis.cmd(&["EXISTS", "seckill:{e2:g1}:stock"]);
+    assert_eq!(n, 1, "the goods kept keeps its keys");
+    // Re-created: its own stock, no buyers.
+    let r = admin_req(&s, "POST", "/admin/events", Some(ADMIN_KEY), Some(&both));
+    r.assert(200, 0, "ok", "keep-alive");
+    assert_eq!(r.json()["data"]["goods"][1]["stock_left"], 3);
+    assert_eq!(r.json()["data"]["goods"][1]["sold"], 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = s.client().buy("u1", "e2", "g2");
+        if r.code() == 0 {
+            r.assert(200, 0, "ok", "close");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "u1 never bought the re-created goods: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(redis.stock("e2", "g2"), Some(2));
+}
+
+/// Issue 7 (10): requests pipelined behind a buy are not read (SPEC §2),
+/// and the server used to close the socket with that input unread, which
+/// sends a TCP reset that can destroy the answer before the client reads
+/// it. A client with a small receive window that pipelines behind a buy
+/// and reads slowly gets every answer, the buy's last, then a clean EOF.
+#[test]
+fn pipelined_bytes_behind_a_buy_never_cost_its_answer() {
+    let (redis, s) = setup(&[("g1", 5)]);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    // A small window: most of the answers wait in the server's socket.
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&s.addr.into()).expect("connect");
+    let mut c = Client::from_stream(socket.into());
+    let before = 30;
+    let mut bytes = raw("GET", "/metrics", None, None, "").repeat(before);
+    bytes.extend(buy_bytes("alice", "e1", "g1", ""));
+    // Behind the buy: more requests than the server reads in one go.
+    bytes.extend(raw("GET", "/healthz", None, None, "").repeat(400));
+    c.send(&bytes);
+    // A slow reader.
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..before {
+        let r = c
+            .try_read()
+            .unwrap_or_else(|| panic!("answer {i} of {before} was lost"));
+        assert_eq!(r.status, 200);
+    }
+    let r = c.try_read().expect("the buy's answer arrives whole");
+    r.assert(200, 0, "ok", "close");
+    assert!(
+        c.try_read().is_none(),
+        "nothing pipelined behind the buy is answered"
+    );
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 1);
+}

@@ -39,7 +39,7 @@ fn batch_answers_each_attempt_and_falls_back_to_eval() {
         attempt("g", "g1"),
     ];
     let refs: Vec<&Attempt> = batch.iter().collect();
-    let results = d.deduct_many(&refs, 1).expect("round trip");
+    let results = d.deduct_many(&refs, 1);
     let got: Vec<String> = results
         .iter()
         .map(|r| match r {
@@ -66,6 +66,51 @@ fn batch_answers_each_attempt_and_falls_back_to_eval() {
     assert_eq!(redis.hlen_buyers("e1", "g1"), 3);
     assert_eq!(redis.xlen_orders("e1", "g1"), 3);
     assert_eq!(redis.stock("e1", "g1"), Some(0));
+}
+
+/// Issue 7 (2), SPEC §3: the script checks every key (types, an integer
+/// stock) before its first write, so a bad key is an error with nothing
+/// written, never a unit gone without its order.
+#[test]
+fn bad_keys_fail_the_script_before_any_write() {
+    let redis = RedisServer::start();
+    redis.seed(
+        "e1",
+        &[("orders", 5), ("buyers", 5), ("float", 5), ("huge", 5)],
+        0,
+        FAR,
+    );
+    let _: () = redis.cmd(&["SET", "seckill:{e1:orders}:orders", "x"]);
+    let _: () = redis.cmd(&["SET", "seckill:{e1:buyers}:buyers", "x"]);
+    let _: () = redis.cmd(&["SET", "seckill:{e1:float}:stock", "4.5"]);
+    let _: () = redis.cmd(&["SET", "seckill:{e1:huge}:stock", "99999999999999999999"]);
+    let _: i64 = redis.cmd(&["DEL", "seckill:{e1:stock}:stock"]);
+    let _: i64 = redis.cmd(&["HSET", "seckill:{e1:stock}:stock", "f", "v"]);
+    let mut d = Deducter::new(&redis.url(), Duration::from_secs(5)).expect("deducter");
+    let batch = [
+        attempt("a", "orders"),
+        attempt("a", "buyers"),
+        attempt("a", "float"),
+        attempt("a", "huge"),
+        attempt("a", "stock"),
+    ];
+    let refs: Vec<&Attempt> = batch.iter().collect();
+    for (r, a) in d.deduct_many(&refs, 1).iter().zip(&batch) {
+        match r {
+            Err(e) => assert!(e.is_goods_specific(), "{}: {e:?}", a.goods_id),
+            Ok(o) => panic!("{}: {o:?}", a.goods_id),
+        }
+    }
+    assert_eq!(redis.stock("e1", "orders"), Some(5));
+    assert_eq!(redis.stock("e1", "buyers"), Some(5));
+    let float: String = redis.cmd(&["GET", "seckill:{e1:float}:stock"]);
+    assert_eq!(float, "4.5");
+    for g in ["orders", "float", "huge", "stock"] {
+        assert_eq!(redis.hlen_buyers("e1", g), 0, "{g}");
+    }
+    for g in ["buyers", "float", "huge", "stock"] {
+        assert_eq!(redis.xlen_orders("e1", g), 0, "{g}");
+    }
 }
 
 #[test]

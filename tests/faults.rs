@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use support::{buy_bytes, config, hold_worker, release_worker, RedisServer, Seckill};
@@ -217,4 +218,177 @@ fn client_hanging_up_while_queued_keeps_its_sale() {
     s.client()
         .get("/healthz", None)
         .assert(200, 0, "ok", "keep-alive");
+}
+
+/// Runs a script that keeps Redis busy for `ms` (nothing else is served
+/// meanwhile) on a thread of its own; returns once Redis is busy.
+fn keep_redis_busy(redis: &RedisServer, ms: u64) -> std::thread::JoinHandle<()> {
+    let mut conn = redis.conn();
+    let busy = std::thread::spawn(move || {
+        let script = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] \
+                      while true do t = redis.call('TIME') \
+                      if t[1] * 1000000 + t[2] - start > tonumber(ARGV[1]) * 1000 then break end end \
+                      return 1";
+        let _: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(script)
+            .arg(0)
+            .arg(ms)
+            .query(&mut conn);
+    });
+    // Busy means a PING on another connection gets no answer (a raw one:
+    // a client library's connection set-up would itself wait).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut probe =
+            std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect to redis");
+        probe
+            .set_read_timeout(Some(Duration::from_millis(30)))
+            .expect("timeout");
+        probe.write_all(b"PING\r\n").expect("ping");
+        let mut pong = [0u8; 7];
+        if probe.read_exact(&mut pong).is_err() {
+            return busy;
+        }
+        assert!(Instant::now() < deadline, "redis never got busy");
+    }
+}
+
+/// Issue 7 (4): Redis busy past `timeout_ms` (a long script of another
+/// client) made the worker's round trip time out, and it answered 1002,
+/// but its EVALSHA was already in Redis's socket and ran: the buyer was in
+/// `buyers` and a retry got 1005. An unknown outcome is now resolved by
+/// asking Redis before answering; whatever the answer, it is the truth.
+#[test]
+fn redis_busy_past_the_timeout_never_hides_a_sale() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let text = config(
+        &redis,
+        "request_timeout_ms = 3000",
+        "rate = 0",
+        "nodes = 1\nfactor = 1.0",
+    )
+    .replace("[redis]\n", "[redis]\ntimeout_ms = 200\n")
+        + "[breaker]\nfailures = 1000\n";
+    let s = Seckill::start(&text);
+    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    // The worker's connection exists, so the next attempt is sent on it.
+    s.client()
+        .buy("u0", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    let busy = keep_redis_busy(&redis, 800);
+    let r = s.client().buy("u1", "e1", "g1");
+    busy.join().expect("busy script");
+    let order: Option<String> = redis.cmd(&["HGET", "seckill:{e1:g1}:buyers", "u1"]);
+    eprintln!(
+        "answer {} ({}), buyers has u1: {order:?}",
+        r.code(),
+        r.status
+    );
+    match order {
+        Some(order) => {
+            r.assert(200, 0, "ok", "close");
+            assert_eq!(r.json()["data"]["order_id"], order.as_str());
+        }
+        None => r.assert(503, 1002, "redis error", "close"),
+    }
+    let sold = redis.hlen_buyers("e1", "g1");
+    assert_eq!(redis.xlen_orders("e1", "g1"), sold);
+    assert_eq!(redis.stock("e1", "g1"), Some(5 - sold));
+}
+
+/// Issue 7 (5): with Redis hanging, `/shop/result` lookups were asked one
+/// at a time: the n-th waited n x `timeout_ms`. They are now asked in one
+/// round trip per batch, and the breaker they feed answers the next ones
+/// on the loop at once.
+#[test]
+fn result_lookups_while_redis_hangs_wait_one_timeout_not_one_each() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let text = config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0")
+        .replace("[redis]\n", "[redis]\ntimeout_ms = 300\n")
+        + "[breaker]\nfailures = 1\nprobe_ms = 60000\n";
+    let s = Seckill::start(&text);
+    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "5000", "ALL"]);
+    let addr = s.addr;
+    let askers: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = support::Client::connect(addr);
+                let auth = format!("Bearer {}", support::token(&format!("u{i}")));
+                let started = Instant::now();
+                let r = c.get("/shop/result?event_id=e1&goods_id=g1", Some(&auth));
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for a in askers {
+        let (r, took) = a.join().expect("asker");
+        assert_eq!((r.status, r.code()), (503, 1002), "{r:?}");
+        slowest = slowest.max(took);
+    }
+    eprintln!("slowest of 12 lookups with Redis hanging: {slowest:?}");
+    // One round trip (or two, for those that arrived while the first was
+    // out) at 300 ms each; asked one at a time the last took 3.6 s.
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a lookup waited {slowest:?}"
+    );
+    // The failures opened the breaker: answered on the loop, kept open.
+    let auth = format!("Bearer {}", support::token("late"));
+    s.client()
+        .get("/shop/result?event_id=e1&goods_id=g1", Some(&auth))
+        .assert(503, 1002, "redis error", "keep-alive");
+    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+}
+
+/// Issue 7 (6): one goods' stock key of the wrong type failed the whole
+/// catalog read: `/readyz` 503, new events 4004, every `stock_left`
+/// stale. Now the bad goods (and an event with bad JSON) is skipped,
+/// logged once and counted; the rest stays live.
+#[test]
+fn one_bad_key_costs_only_its_goods() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    redis.seed("e2", &[("g1", 5)], 0, FAR);
+    let s = start(&redis, "", "");
+    assert!(s.wait_for_event("e2", Duration::from_secs(3)));
+    let _: i64 = redis.cmd(&["DEL", "seckill:{e2:g1}:stock"]);
+    let _: i64 = redis.cmd(&["HSET", "seckill:{e2:g1}:stock", "a", "b"]);
+    let _: i64 = redis.cmd(&["HSET", "seckill:events", "e9", "{not json"]);
+    assert!(
+        s.wait_metric("seckill_catalog_skipped 2", Duration::from_secs(2)),
+        "{}",
+        s.metrics()
+    );
+    s.client()
+        .get("/readyz", None)
+        .assert(200, 0, "ok", "keep-alive");
+    s.client()
+        .buy("u1", "e2", "g1")
+        .assert(404, 4004, "not found", "keep-alive");
+    // The rest is live: a new event appears, a sale shows in stock_left.
+    redis.seed("e3", &[("g1", 5)], 0, FAR);
+    assert!(s.wait_for_event("e3", Duration::from_secs(1)));
+    s.client()
+        .buy("u1", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let r = s.client().get("/event/info?event_id=e1", None);
+        if r.json()["data"]["goods"][0]["stock_left"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stock_left went stale: {r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Fixed, the goods is back.
+    let _: i64 = redis.cmd(&["DEL", "seckill:{e2:g1}:stock"]);
+    let _: () = redis.cmd(&["SET", "seckill:{e2:g1}:stock", "5"]);
+    assert!(s.wait_metric("seckill_catalog_skipped 1", Duration::from_secs(1)));
+    s.client()
+        .buy("u1", "e2", "g1")
+        .assert(200, 0, "ok", "close");
 }

@@ -138,3 +138,40 @@ fn full_queue_answers_1004_and_gives_the_unit_back() {
         .assert(200, 0, "ok", "close");
     assert_eq!(redis.stock("e1", "g1"), Some(0));
 }
+
+/// Issue 7 (2): with `orders` of the wrong type, the script used to
+/// `DECR` before its `XADD` failed, and Redis does not roll a script back:
+/// five buyers got 1002 each while the stock went 5 -> 0 with no buyer and
+/// no order. The script now checks every key before its first write, the
+/// error is counted, and it does not open the breaker for other goods.
+#[test]
+fn wrong_type_orders_key_burns_no_stock() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 5), ("g2", 5)], 0, FAR);
+    let s = start(&redis, "", "rate = 0");
+    let _: () = redis.cmd(&["SET", "seckill:{e1:g1}:orders", "not a stream"]);
+    for i in 0..5 {
+        s.client()
+            .buy(&format!("u{i}"), "e1", "g1")
+            .assert(503, 1002, "redis error", "close");
+    }
+    assert_eq!(redis.stock("e1", "g1"), Some(5), "no unit burnt");
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 0);
+    let kind: String = redis.cmd(&["TYPE", "seckill:{e1:g1}:orders"]);
+    assert_eq!(kind, "string", "nothing written to the bad key");
+    assert_eq!(s.metric("seckill_deduct_errors_total"), 5.0);
+    // One broken goods does not stop the others: the breaker stays closed.
+    assert_eq!(s.metric("seckill_breaker_open"), 0.0);
+    s.client()
+        .buy("other", "e1", "g2")
+        .assert(200, 0, "ok", "close");
+    // Fixed, the goods sells its whole stock: every unit came back.
+    let _: i64 = redis.cmd(&["DEL", "seckill:{e1:g1}:orders"]);
+    for i in 0..5 {
+        s.client()
+            .buy(&format!("w{i}"), "e1", "g1")
+            .assert(200, 0, "ok", "close");
+    }
+    assert_eq!(redis.stock("e1", "g1"), Some(0));
+    assert_eq!(redis.xlen_orders("e1", "g1"), 5);
+}

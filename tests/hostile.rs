@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{config, now_s, raw, token, token_exp, Client, RedisServer, Seckill, SECRET};
 
@@ -209,8 +209,20 @@ fn thousands_of_idle_connections_do_not_stop_others() {
         c.buy("bob", "e1", "g0")
             .assert(200, 1001, "no stock", "keep-alive");
     }
-    let open = s.metric("seckill_open_connections");
-    assert!(open > 3000.0, "the idle connections are held: {open}");
+    // The loops take a bounded number of accepts per turn (no connection
+    // or listener holds a loop), so the count may trail the connects.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = s.metric("seckill_open_connections");
+        if open > 3000.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle connections are held: {open}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -296,8 +308,274 @@ fn start_up_raises_a_low_open_file_limit() {
         .collect();
     let (soft, hard) = (nums[0], nums[1]);
     assert!(
-        soft >= hard.min(5000 + 1024),
+        soft >= hard.min(5000),
         "soft limit {soft} (hard {hard}) after start-up: {limits}"
     );
     assert!(soft > 256);
+}
+
+/// Issue 7 (1): one client pipelining `GET /metrics` back to back (and
+/// reading the answers) used to hold its event loop for seconds: another
+/// client's `/healthz` waited 0.2-8 s and SIGTERM took up to 9 s. A loop
+/// now serves a bounded share of one connection per turn.
+#[test]
+fn pipelining_hog_cannot_hold_a_loop() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    // One loop: the hog and the others share it.
+    let s = server(&redis, "threads = 1\nrequest_timeout_ms = 1000");
+    let hog = std::net::TcpStream::connect(s.addr).expect("connect");
+    hog.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    hog.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut reader = hog.try_clone().expect("clone");
+    let read_bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = read_bytes.clone();
+    let hog_reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let mut writer = hog;
+    let hog_writer = std::thread::spawn(move || {
+        let batch = b"GET /metrics HTTP/1.1\r\nHost: hog\r\n\r\n".repeat(200);
+        while writer.write_all(&batch).is_ok() {}
+    });
+    // The hog is being served.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read_bytes.load(std::sync::atomic::Ordering::Relaxed) < 1 << 20 {
+        assert!(Instant::now() < deadline, "the hog was never served");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        s.client()
+            .get("/healthz", None)
+            .assert(200, 0, "ok", "keep-alive");
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("slowest /healthz beside the hog: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a /healthz waited {slowest:?} behind the hog"
+    );
+    let started = Instant::now();
+    let code = s.terminate();
+    let took = started.elapsed();
+    eprintln!("SIGTERM to exit with the hog running: {took:?}");
+    assert_eq!(code, Some(0));
+    assert!(
+        took < Duration::from_millis(2000),
+        "exit took {took:?}, more than request_timeout_ms + 1 s"
+    );
+    let _ = hog_writer.join();
+    let _ = hog_reader.join();
+}
+
+/// Issue 7 (8): sockets taken off the loop (queued, in the worker) used
+/// not to count against `max_connections`, so the process could pass its
+/// own limit. Every client socket the process holds now counts.
+#[test]
+fn hijacked_connections_count_against_max_connections() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g1", 10)], 0, FAR);
+    let text = config(
+        &redis,
+        "max_connections = 4",
+        "rate = 20\nburst = 1",
+        "nodes = 1\nfactor = 1.0",
+    )
+    .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
+    let s = Seckill::start(&text);
+    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    // Three sockets off the loops: one held in the worker, two queued.
+    let mut held = vec![support::hold_worker(&redis, &s, "u0", "g1")];
+    for uid in ["u1", "u2"] {
+        let mut c = s.client();
+        c.send(&support::buy_bytes(uid, "e1", "g1", ""));
+        held.push(c);
+    }
+    assert!(s.wait_metric("seckill_queue_depth 2", Duration::from_secs(5)));
+    // The fourth connection fits (once the /metrics connections above are
+    // closed on the server's side too) ...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut fourth = loop {
+        let mut c = s.client();
+        c.send(b"GET /metrics HTTP/1.1\r\n\r\n");
+        if let Some(r) = c.try_read() {
+            assert_eq!(r.status, 200);
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            if support::metric_value(&text, "seckill_open_connections") == 4.0 {
+                break c;
+            }
+        }
+        assert!(Instant::now() < deadline, "no room for a fourth connection");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // ... a fifth does not: the hijacked three hold their slots.
+    let mut fifth = s.client();
+    fifth.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(
+        fifth.try_read().is_none(),
+        "a fifth connection was served past max_connections = 4"
+    );
+    fourth
+        .get("/healthz", None)
+        .assert(200, 0, "ok", "keep-alive");
+    support::release_worker(&redis);
+    for c in &mut held {
+        c.read().assert(200, 0, "ok", "close");
+    }
+}
+
+/// The lowest descriptor number `pid` has free.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let used: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).unwrap_or(0)
+}
+
+/// A `seckill serve` child with stderr piped into a channel of lines.
+fn serve_logging(
+    config_text: &str,
+    shell_prefix: &str,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::net::SocketAddr,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config_text).expect("write config");
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{shell_prefix}exec {} serve --config {}",
+            env!("CARGO_BIN_EXE_seckill"),
+            path.display()
+        ))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .expect("start line");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (child, rx, addr, dir)
+}
+
+/// Waits for a log line containing `needle`.
+fn wait_log(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {needle:?}"),
+        }
+    }
+}
+
+/// Issue 7 (8): after an accept failed for lack of descriptors, the
+/// edge-triggered listener never reported the connections already in the
+/// backlog: they waited until a new one arrived (17 clients unserved 5 s
+/// after descriptors were free). A timer now tries again.
+#[test]
+fn accept_retries_after_running_out_of_descriptors() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let (mut child, log, addr, _dir) = serve_logging(&config(&redis, "threads = 1", "", ""), "");
+    let pid = child.id();
+    let limits = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("limits");
+    let (mut soft_before, mut hard_before) = (0, 0);
+    // No descriptor may be made: every new one would be at or past this.
+    let soft = lowest_free_fd(pid);
+    rlimit::prlimit(
+        pid as i32,
+        rlimit::Resource::NOFILE,
+        Some((soft, limits.1)),
+        Some((&mut soft_before, &mut hard_before)),
+    )
+    .expect("lower the server's limit");
+    let mut waiting: Vec<Client> = (0..5)
+        .map(|_| {
+            let mut c = Client::connect(addr);
+            c.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+            c
+        })
+        .collect();
+    wait_log(&log, "accept failed");
+    rlimit::prlimit(
+        pid as i32,
+        rlimit::Resource::NOFILE,
+        Some((soft_before, hard_before)),
+        None,
+    )
+    .expect("restore the server's limit");
+    // No new connection arrives: only a retry serves them.
+    for c in &mut waiting {
+        c.read().assert(200, 0, "ok", "keep-alive");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Issue 7 (8): with `max_connections` past what the open-file limit
+/// fits, idle connections alone made the process run out of descriptors.
+/// Start-up now warns and clamps `max_connections` to what fits.
+#[test]
+fn max_connections_is_clamped_to_the_open_file_limit() {
+    let redis = RedisServer::start();
+    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let (mut child, log, addr, _dir) = serve_logging(
+        &config(&redis, "threads = 1\nmax_connections = 100000", "", ""),
+        "ulimit -n 256 && ",
+    );
+    let line = wait_log(&log, "does not fit the open-file limit");
+    let fits: usize = line
+        .split("using max_connections = ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no clamped value in {line:?}"));
+    assert!(fits > 0 && fits < 256, "{line}");
+    // Exactly `fits` connections are served; the next is closed at once,
+    // and the process never ran out of descriptors.
+    let mut held: Vec<Client> = (0..fits).map(|_| Client::connect(addr)).collect();
+    for c in &mut held {
+        c.get("/healthz", None).assert(200, 0, "ok", "keep-alive");
+    }
+    let mut over = Client::connect(addr);
+    over.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(over.try_read().is_none(), "served past the clamped limit");
+    assert!(log.try_iter().all(|l| !l.contains("accept failed")));
+    let _ = child.kill();
+    let _ = child.wait();
 }

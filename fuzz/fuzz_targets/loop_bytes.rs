@@ -103,11 +103,19 @@ fuzz_target!(|data: &[u8]| {
         unix_s: NOW_UNIX_S,
         date,
         canned,
+        stopping: false,
     };
     let mut bufs = Buffers::new(now.at);
     bufs.inbuf.extend_from_slice(data);
     loop {
-        let progress = answer_buffered(&mut bufs, &mut h.service, &h.limits, now, &h.metrics);
+        let progress = answer_buffered(
+            &mut bufs,
+            &mut h.service,
+            &h.limits,
+            now,
+            &h.metrics,
+            &mut { seckill::event_loop::TURN_WORK },
+        );
         check(&bufs.out);
         // As if flushed to the socket.
         bufs.out.clear();

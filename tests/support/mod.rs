@@ -192,8 +192,14 @@ pub struct Seckill {
 /// The config every test server starts from; `extra` is TOML appended
 /// section by section (later keys of the same section are merged by hand).
 pub fn config(redis: &RedisServer, server: &str, queue: &str, stock: &str) -> String {
+    // `threads = N` in `server` replaces the default of 2.
+    let threads = if server.contains("threads") {
+        ""
+    } else {
+        "threads = 2\n"
+    };
     format!(
-        "[server]\nbind = \"127.0.0.1:0\"\nthreads = 2\n{server}\n\
+        "[server]\nbind = \"127.0.0.1:0\"\n{threads}{server}\n\
          [admin]\nbind = \"127.0.0.1:0\"\nkey = \"{ADMIN_KEY}\"\n\
          [auth]\nsecret = \"{SECRET}\"\n\
          [redis]\nurl = \"{}\"\n\
@@ -296,11 +302,21 @@ impl Seckill {
     }
 
     /// Sends SIGTERM and waits for the exit, returning its status code.
-    pub fn terminate(mut self) -> Option<i32> {
+    pub fn terminate(self) -> Option<i32> {
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+    }
+
+    /// Waits for the process to exit, returning its status code.
+    pub fn wait_exit(mut self) -> Option<i32> {
         let status = self.child.wait().ok()?;
         status.code()
     }
@@ -412,6 +428,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on a connected stream (with the test's read timeout).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
         stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
