@@ -202,21 +202,33 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(s, "# HELP seckill_queue_depth Tasks waiting in the hijack queue.\n# TYPE seckill_queue_depth gauge\nseckill_queue_depth {queue_depth}");
-        let _ = writeln!(
-            s,
-            "# HELP seckill_lookups_waiting /shop/result questions handed to the lookup thread and not yet answered.\n# TYPE seckill_lookups_waiting gauge\nseckill_lookups_waiting {}",
-            m.lookups_waiting.load(Ordering::Relaxed)
+        scalar(
+            &mut s,
+            "seckill_queue_depth",
+            "gauge",
+            "Tasks waiting in the hijack queue.",
+            queue_depth,
         );
-        let _ = writeln!(
-            s,
-            "# HELP seckill_tokens_spent_total Tokens the worker took from its bucket.\n# TYPE seckill_tokens_spent_total counter\nseckill_tokens_spent_total {}",
-            m.tokens.load(Ordering::Relaxed)
+        scalar(
+            &mut s,
+            "seckill_lookups_waiting",
+            "gauge",
+            "/shop/result questions handed to the lookup thread and not yet answered.",
+            m.lookups_waiting.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            s,
-            "# HELP seckill_open_connections Client connections the process holds: on the event loops and hijacked (queued, answering, lingering).\n# TYPE seckill_open_connections gauge\nseckill_open_connections {}",
-            m.open_connections.load(Ordering::Relaxed)
+        scalar(
+            &mut s,
+            "seckill_tokens_spent_total",
+            "counter",
+            "Tokens the worker took from its bucket.",
+            m.tokens.load(Ordering::Relaxed),
+        );
+        scalar(
+            &mut s,
+            "seckill_open_connections",
+            "gauge",
+            "Client connections the process holds: on the event loops and hijacked (queued, answering, lingering).",
+            m.open_connections.load(Ordering::Relaxed),
         );
         s.push_str(
             "# HELP seckill_redis_round_trip_seconds Deduct round trips seen by the worker.\n",
@@ -240,26 +252,42 @@ impl Metrics {
             m.rtt_sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "seckill_redis_round_trip_seconds_count {count}");
-        let _ = writeln!(
-            s,
-            "# HELP seckill_deduct_errors_total Deducts the script refused because a key of the goods is bad (wrong type, stock not an integer); nothing was written.\n# TYPE seckill_deduct_errors_total counter\nseckill_deduct_errors_total {}",
-            m.deduct_errors.load(Ordering::Relaxed)
+        scalar(
+            &mut s,
+            "seckill_deduct_errors_total",
+            "counter",
+            "Deducts the script refused because a key of the goods is bad (wrong type, stock not an integer); nothing was written.",
+            m.deduct_errors.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            s,
-            "# HELP seckill_deduct_unresolved_total Attempts answered 1002 whose outcome Redis could not be asked before their deadline.\n# TYPE seckill_deduct_unresolved_total counter\nseckill_deduct_unresolved_total {}",
-            m.unresolved.load(Ordering::Relaxed)
+        scalar(
+            &mut s,
+            "seckill_deduct_unresolved_total",
+            "counter",
+            "Attempts answered 1002 whose outcome Redis could not be asked before their deadline.",
+            m.unresolved.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            s,
-            "# HELP seckill_catalog_skipped Events and goods the last catalog read skipped for a bad key (bad JSON, wrong type).\n# TYPE seckill_catalog_skipped gauge\nseckill_catalog_skipped {}",
-            m.catalog_skipped.load(Ordering::Relaxed)
+        scalar(
+            &mut s,
+            "seckill_catalog_skipped",
+            "gauge",
+            "Events and goods the last catalog read skipped for a bad key (bad JSON, wrong type).",
+            m.catalog_skipped.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            s,
-            "# HELP seckill_breaker_open 1 while the Redis circuit breaker is open.\n# TYPE seckill_breaker_open gauge\nseckill_breaker_open {}",
-            u8::from(breaker_open)
+        scalar(
+            &mut s,
+            "seckill_breaker_open",
+            "gauge",
+            "1 while the Redis circuit breaker is open.",
+            u8::from(breaker_open),
         );
         s
     }
+}
+
+/// Appends one unlabelled metric with its `HELP` and `TYPE` lines.
+fn scalar(s: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        s,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }

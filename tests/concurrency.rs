@@ -19,9 +19,7 @@ const REPEATS: usize = 1000;
 const THREADS: usize = 100;
 
 fn node(redis: &RedisServer) -> Seckill {
-    let s = Seckill::start(&config(redis, "", "rate = 0", "nodes = 3\nfactor = 1.5"));
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
-    s
+    Seckill::start_ready(&config(redis, "", "rate = 0", "nodes = 3\nfactor = 1.5"))
 }
 
 #[test]

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use seckill::attempt::Attempt;
 use seckill::deduct::{script_sha, DeductOutcome, Deducter, SCRIPT};
-use support::{buy_bytes, config, hold_worker, metric_value, release_worker, RedisServer, Seckill};
+use support::{
+    buy_bytes, config, hold_worker, metric_value, redis_timeout, release_worker, RedisServer,
+    Seckill,
+};
 
 const FAR: u64 = 4_102_444_800;
 
@@ -117,10 +120,11 @@ fn bad_keys_fail_the_script_before_any_write() {
 fn worker_sends_queued_attempts_in_one_round_trip() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 20)], 0, FAR);
-    let text = config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0")
-        .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let text = redis_timeout(
+        &config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0"),
+        20000,
+    );
+    let s = Seckill::start_ready(&text);
     let mut first = hold_worker(&redis, &s, "u0", "g1");
     let mut rest: Vec<_> = (1..=9)
         .map(|i| {

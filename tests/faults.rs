@@ -7,15 +7,15 @@ mod support;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use support::{buy_bytes, config, hold_worker, release_worker, RedisServer, Seckill};
+use support::{
+    buy_bytes, config, hold_worker, redis_timeout, release_worker, RedisServer, Seckill,
+};
 
 const FAR: u64 = 4_102_444_800;
 
 fn start(redis: &RedisServer, server: &str, extra: &str) -> Seckill {
     let text = config(redis, server, "rate = 0", "nodes = 1\nfactor = 1.0") + extra;
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
-    s
+    Seckill::start_ready(&text)
 }
 
 #[test]
@@ -74,10 +74,11 @@ fn redis_down_opens_the_breaker_and_sales_resume_when_it_is_back() {
 fn hanging_redis_is_a_failure_not_a_stall() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 10)], 0, FAR);
-    let text = config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0")
-        .replace("[redis]\n", "[redis]\ntimeout_ms = 200\n");
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let text = redis_timeout(
+        &config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0"),
+        200,
+    );
+    let s = Seckill::start_ready(&text);
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "3000", "WRITE"]);
     s.client()
         .buy("a", "e1", "g1")
@@ -89,11 +90,7 @@ fn sold_out_on_one_node_is_sold_out_on_the_other_within_a_second() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 2)], 0, FAR);
     // nodes 2, factor 2: each node's share is the whole stock (2).
-    let node = || {
-        let s = Seckill::start(&config(&redis, "", "rate = 0", "nodes = 2\nfactor = 2.0"));
-        assert!(s.wait_for_event("e1", Duration::from_secs(3)));
-        s
-    };
+    let node = || Seckill::start_ready(&config(&redis, "", "rate = 0", "nodes = 2\nfactor = 2.0"));
     let (a, b) = (node(), node());
     a.client()
         .buy("u1", "e1", "g1")
@@ -186,15 +183,16 @@ fn client_hanging_up_while_queued_keeps_its_sale() {
     redis.seed("e1", &[("g1", 5)], 0, FAR);
     // Redis calls may wait out the pause below. One token: u2 cannot join
     // u1's batch, it waits in the queue.
-    let text = config(
-        &redis,
-        "",
-        "rate = 20\nburst = 1",
-        "nodes = 1\nfactor = 1.0",
-    )
-    .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let text = redis_timeout(
+        &config(
+            &redis,
+            "",
+            "rate = 20\nburst = 1",
+            "nodes = 1\nfactor = 1.0",
+        ),
+        20000,
+    );
+    let s = Seckill::start_ready(&text);
     let mut u1 = hold_worker(&redis, &s, "u1", "g1");
     let mut u2 = s.client();
     u2.send(&buy_bytes("u2", "e1", "g1", ""));
@@ -262,16 +260,16 @@ fn keep_redis_busy(redis: &RedisServer, ms: u64) -> std::thread::JoinHandle<()> 
 fn redis_busy_past_the_timeout_never_hides_a_sale() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let text = config(
-        &redis,
-        "request_timeout_ms = 3000",
-        "rate = 0",
-        "nodes = 1\nfactor = 1.0",
-    )
-    .replace("[redis]\n", "[redis]\ntimeout_ms = 200\n")
-        + "[breaker]\nfailures = 1000\n";
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let text = redis_timeout(
+        &config(
+            &redis,
+            "request_timeout_ms = 3000",
+            "rate = 0",
+            "nodes = 1\nfactor = 1.0",
+        ),
+        200,
+    ) + "[breaker]\nfailures = 1000\n";
+    let s = Seckill::start_ready(&text);
     // The worker's connection exists, so the next attempt is sent on it.
     s.client()
         .buy("u0", "e1", "g1")
@@ -305,11 +303,11 @@ fn redis_busy_past_the_timeout_never_hides_a_sale() {
 fn result_lookups_while_redis_hangs_wait_one_timeout_not_one_each() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let text = config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0")
-        .replace("[redis]\n", "[redis]\ntimeout_ms = 300\n")
-        + "[breaker]\nfailures = 1\nprobe_ms = 60000\n";
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let text = redis_timeout(
+        &config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0"),
+        300,
+    ) + "[breaker]\nfailures = 1\nprobe_ms = 60000\n";
+    let s = Seckill::start_ready(&text);
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "5000", "ALL"]);
     let addr = s.addr;
     let askers: Vec<_> = (0..12)

@@ -11,16 +11,18 @@ mod support;
 
 use std::time::Duration;
 
-use support::{buy_bytes, config, hold_worker, release_worker, Client, RedisServer, Seckill};
+use support::{
+    buy_bytes, config, hold_worker, redis_timeout, release_worker, Client, RedisServer, Seckill,
+};
 
 const FAR: u64 = 4_102_444_800;
 
 fn start(redis: &RedisServer, server: &str, queue: &str) -> Seckill {
-    let cfg = config(redis, server, queue, "nodes = 1\nfactor = 1.0")
-        .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
-    let s = Seckill::start(&cfg);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
-    s
+    let cfg = redis_timeout(
+        &config(redis, server, queue, "nodes = 1\nfactor = 1.0"),
+        20000,
+    );
+    Seckill::start_ready(&cfg)
 }
 
 /// Waits until `/metrics` shows `line` (a readiness check, not a sleep).

@@ -8,7 +8,9 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use support::{config, now_s, raw, token, token_exp, Client, RedisServer, Seckill, SECRET};
+use support::{
+    config, now_s, raw, redis_timeout, token, token_exp, Client, RedisServer, Seckill, SECRET,
+};
 
 const FAR: u64 = 4_102_444_800;
 
@@ -29,9 +31,7 @@ fn server(redis: &RedisServer, extra_server: &str) -> Seckill {
         "rate = 0",
         "nodes = 1\nfactor = 1.0",
     );
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
-    s
+    Seckill::start_ready(&text)
 }
 
 fn cart(auth: &str, body: &str) -> Vec<u8> {
@@ -385,15 +385,16 @@ fn pipelining_hog_cannot_hold_a_loop() {
 fn hijacked_connections_count_against_max_connections() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 10)], 0, FAR);
-    let text = config(
-        &redis,
-        "max_connections = 4",
-        "rate = 20\nburst = 1",
-        "nodes = 1\nfactor = 1.0",
-    )
-    .replace("[redis]\n", "[redis]\ntimeout_ms = 20000\n");
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let text = redis_timeout(
+        &config(
+            &redis,
+            "max_connections = 4",
+            "rate = 20\nburst = 1",
+            "nodes = 1\nfactor = 1.0",
+        ),
+        20000,
+    );
+    let s = Seckill::start_ready(&text);
     // Three sockets off the loops: one held in the worker, two queued.
     let mut held = vec![support::hold_worker(&redis, &s, "u0", "g1")];
     for uid in ["u1", "u2"] {

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{buy_bytes, config, Client, RedisServer, Seckill};
+use support::{buy_bytes, config, redis_timeout, Client, RedisServer, Seckill};
 
 const FAR: u64 = 4_102_444_800;
 const CLIENTS: usize = 300;
@@ -80,15 +80,16 @@ fn sigterm_answers_every_queued_task_and_exits_0_in_time() {
 fn sigterm_answers_result_lookups_waiting_on_redis() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let text = config(
-        &redis,
-        "request_timeout_ms = 2000",
-        "rate = 0",
-        "nodes = 1\nfactor = 1.0",
-    )
-    .replace("[redis]\n", "[redis]\ntimeout_ms = 500\n");
-    let s = Seckill::start(&text);
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let text = redis_timeout(
+        &config(
+            &redis,
+            "request_timeout_ms = 2000",
+            "rate = 0",
+            "nodes = 1\nfactor = 1.0",
+        ),
+        500,
+    );
+    let s = Seckill::start_ready(&text);
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "4000", "ALL"]);
     let mut askers: Vec<Client> = (0..3)
         .map(|i| {
@@ -128,8 +129,7 @@ fn sigterm_answers_result_lookups_waiting_on_redis() {
 fn connection_accepted_at_sigterm_gets_a_grace_to_send() {
     let redis = RedisServer::start();
     redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let s = Seckill::start(&config(&redis, "", "", ""));
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let s = Seckill::start_ready(&config(&redis, "", "", ""));
     let mut served = s.client();
     served
         .get("/healthz", None)

@@ -209,7 +209,22 @@ pub fn config(redis: &RedisServer, server: &str, queue: &str, stock: &str) -> St
     )
 }
 
+/// `text` (from `config`) with `[redis] timeout_ms` set.
+pub fn redis_timeout(text: &str, ms: u64) -> String {
+    text.replace("[redis]\n", &format!("[redis]\ntimeout_ms = {ms}\n"))
+}
+
 impl Seckill {
+    /// Starts, and waits until it serves event e1.
+    pub fn start_ready(config_text: &str) -> Seckill {
+        let s = Seckill::start(config_text);
+        assert!(
+            s.wait_for_event("e1", Duration::from_secs(3)),
+            "server never saw event e1"
+        );
+        s
+    }
+
     pub fn start(config_text: &str) -> Seckill {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("config.toml");
