@@ -15,8 +15,8 @@
 //! may still run it when it gets to the bytes already in its socket. Such an
 //! attempt is `DeductError::Unknown`, and the worker asks `resolve` before
 //! answering it. `resolve` works on a fresh connection and first kills the
-//! failed one on the server (`CLIENT KILL ID`, the id read when it was
-//! made): after the kill, nothing that connection sent can still run, so
+//! failed one on the server (`CLIENT KILL ID .. ADDR ..`, read with
+//! `CLIENT INFO` when it was made): after the kill, nothing that connection sent can still run, so
 //! `HGET buyers uid` is the truth. Only when Redis cannot be reached before
 //! the attempt's deadline is the outcome left unknown (README, "What is not
 //! done yet").
@@ -30,7 +30,7 @@ use sha1::{Digest, Sha1};
 
 use crate::attempt::Attempt;
 use crate::keys::{self, GoodsKeys};
-use crate::redis_conn::LazyConn;
+use crate::redis_conn::{ClientId, LazyConn};
 
 /// The script, kept in its own file so it reads and diffs as Lua.
 pub const SCRIPT: &str = include_str!("deduct.lua");
@@ -227,11 +227,18 @@ impl Deducter {
     /// stock` for each attempt. `Err`: Redis could not be asked; the caller
     /// retries until the attempts' deadline.
     pub fn resolve(&mut self, attempts: &[&Attempt]) -> Result<Vec<Resolved>, RedisError> {
-        let dead: Vec<i64> = self.conn.dead_ids().to_vec();
+        let dead: Vec<ClientId> = self.conn.dead_ids().to_vec();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for id in &dead {
-            pipe.cmd("CLIENT").arg("KILL").arg("ID").arg(*id);
+        for d in &dead {
+            // Both filters must match: after a Redis restart an id alone
+            // could name another client.
+            pipe.cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(d.id)
+                .arg("ADDR")
+                .arg(&d.addr);
         }
         for a in attempts {
             let k = GoodsKeys::new(&a.event_id, &a.goods_id);
@@ -241,16 +248,17 @@ impl Deducter {
         let result = pipe.query::<Vec<redis::RedisResult<Value>>>(self.resolver.get()?);
         let replies = self.resolver.settle(result)?;
         let (kills, lookups) = replies.split_at(dead.len().min(replies.len()));
-        for (id, kill) in dead.iter().zip(kills) {
-            // 1: killed now; "No such client": already gone. Either way
-            // nothing more of it runs. Any other error (CLIENT KILL renamed
+        for (d, kill) in dead.iter().zip(kills) {
+            // The count killed: 1 now, 0 when it was already gone. Either
+            // way nothing more of it runs. An error (CLIENT KILL renamed
             // or not permitted) leaves the old window open: say so once.
             if let Err(e) = kill {
-                if !e.to_string().contains("No such client") {
-                    log::warn!("could not kill failed redis connection {id}: {e}; an unknown outcome may still turn into a sale");
-                }
+                log::warn!(
+                    "could not kill failed redis connection {}: {e}; an unknown outcome may still turn into a sale",
+                    d.id
+                );
             }
-            self.conn.forget_dead(*id);
+            self.conn.forget_dead(d);
         }
         let mut found = Vec::with_capacity(attempts.len());
         for pair in lookups.chunks(2) {

@@ -8,10 +8,13 @@
 //! reply from the server leaves it usable. The worker's deducter, the
 //! lookup thread, the catalog and the admin service each own one.
 //!
-//! A connection that tracks its client id (`tracking_client_id`: the
-//! deducter's) asks `CLIENT ID` when it is made and remembers the ids of
-//! the connections it dropped after a failure, so the deducter can kill
-//! them on the server before trusting what Redis says of their attempts.
+//! A connection that tracks its identity (`tracking_client_id`: the
+//! deducter's) asks `CLIENT INFO` when it is made and remembers the
+//! identity of the connections it dropped after a failure, so the deducter
+//! can kill them on the server before trusting what Redis says of their
+//! attempts. The identity is the client id *and* the address Redis sees:
+//! ids start again from 1 when Redis restarts, and an id alone could then
+//! name another client.
 
 use std::time::Duration;
 
@@ -32,11 +35,35 @@ pub struct LazyConn {
     // INVARIANT: None after a connection-level failure, until the next get.
     conn: Option<Connection>,
     track_id: bool,
-    // The server's id of `conn`, when tracked and known.
-    id: Option<i64>,
-    // Ids of connections dropped after a failure, not yet known dead on
-    // the server. INVARIANT: at most `MAX_DEAD` (the oldest go first).
-    dead: Vec<i64>,
+    // Who `conn` is on the server, when tracked and known.
+    id: Option<ClientId>,
+    // Connections dropped after a failure, not yet known dead on the
+    // server. INVARIANT: at most `MAX_DEAD` (the oldest go first).
+    dead: Vec<ClientId>,
+}
+
+/// A connection as the server knows it: `CLIENT KILL ID <id> ADDR <addr>`
+/// names it and no other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientId {
+    /// The server's client id.
+    pub id: u64,
+    /// The client's address as the server sees it (`ip:port`).
+    pub addr: String,
+}
+
+impl ClientId {
+    /// From a `CLIENT INFO` line (`id=7 addr=127.0.0.1:5000 ...`).
+    pub fn parse(info: &str) -> Option<ClientId> {
+        let field = |name: &str| {
+            info.split_ascii_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        };
+        Some(ClientId {
+            id: field("id")?.parse().ok()?,
+            addr: field("addr")?.to_string(),
+        })
+    }
 }
 
 /// Failed connections remembered for killing at most.
@@ -63,8 +90,8 @@ impl LazyConn {
         })
     }
 
-    /// Asks `CLIENT ID` of every connection it makes, and remembers the ids
-    /// of those it drops after a failure (`dead_ids`).
+    /// Asks `CLIENT INFO` of every connection it makes, and remembers who
+    /// those it drops after a failure were (`dead_ids`).
     pub fn tracking_client_id(mut self) -> Self {
         self.track_id = true;
         self
@@ -75,10 +102,11 @@ impl LazyConn {
         if self.conn.is_none() {
             let mut conn = connect(&self.client, self.timeout)?;
             if self.track_id {
-                // A server that refuses CLIENT ID (renamed, not permitted)
-                // leaves the id unknown; a connection failure is a failure.
-                self.id = match redis::cmd("CLIENT").arg("ID").query::<i64>(&mut conn) {
-                    Ok(id) => Some(id),
+                // A server that refuses CLIENT INFO (before 6.2, renamed,
+                // not permitted) leaves the identity unknown; a connection
+                // failure is a failure.
+                self.id = match redis::cmd("CLIENT").arg("INFO").query::<String>(&mut conn) {
+                    Ok(info) => ClientId::parse(&info),
                     Err(e) if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) => {
                         None
                     }
@@ -119,13 +147,13 @@ impl LazyConn {
 
     /// Ids of connections dropped after a failure that may still be alive
     /// on the server (tracked connections only).
-    pub fn dead_ids(&self) -> &[i64] {
+    pub fn dead_ids(&self) -> &[ClientId] {
         &self.dead
     }
 
     /// `id` is known gone on the server.
-    pub fn forget_dead(&mut self, id: i64) {
-        self.dead.retain(|d| *d != id);
+    pub fn forget_dead(&mut self, id: &ClientId) {
+        self.dead.retain(|d| d != id);
     }
 
     /// The client (for connections with a life of their own: pub/sub).
@@ -136,5 +164,24 @@ impl LazyConn {
     /// The timeout every call has.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_id_comes_from_client_info() {
+        let info = "id=42 addr=127.0.0.1:51234 laddr=127.0.0.1:6379 fd=8 name= age=0";
+        assert_eq!(
+            ClientId::parse(info),
+            Some(ClientId {
+                id: 42,
+                addr: "127.0.0.1:51234".into()
+            })
+        );
+        assert_eq!(ClientId::parse("addr=1.2.3.4:5"), None);
+        assert_eq!(ClientId::parse("id=x addr=1.2.3.4:5"), None);
     }
 }

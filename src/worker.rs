@@ -190,9 +190,12 @@ impl Worker {
 
     /// Settles the lease by the outcome, then answers.
     fn answer(&mut self, task: Task, result: Result<DeductOutcome, DeductError>) {
-        let goods = (task.attempt.event_id.clone(), task.attempt.goods_id.clone());
-        if !matches!(result, Err(ref e) if e.is_goods_specific()) && self.broken.remove(&goods) {
-            log::info!("goods {}/{}: deducts work again", goods.0, goods.1);
+        let bad_goods = matches!(result, Err(ref e) if e.is_goods_specific());
+        if !bad_goods && !self.broken.is_empty() {
+            let goods = (task.attempt.event_id.clone(), task.attempt.goods_id.clone());
+            if self.broken.remove(&goods) {
+                log::info!("goods {}/{}: deducts work again", goods.0, goods.1);
+            }
         }
         match result {
             Ok(DeductOutcome::Won {
@@ -211,13 +214,15 @@ impl Worker {
                 self.finish(task, Settle::GiveBack, Code::NotFound, None)
             }
             Err(e) => {
-                if e.is_goods_specific() {
+                if bad_goods {
                     self.metrics.deduct_error();
-                    if self.broken.insert(goods.clone()) {
+                    let goods = (task.attempt.event_id.clone(), task.attempt.goods_id.clone());
+                    if self.broken.insert(goods) {
+                        let a = &task.attempt;
                         log::warn!(
                             "goods {}/{}: the deduct script refused it ({e:?}); answering 1002 until its keys are fixed",
-                            goods.0,
-                            goods.1
+                            a.event_id,
+                            a.goods_id
                         );
                     }
                 } else {

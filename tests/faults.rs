@@ -83,6 +83,13 @@ fn hanging_redis_is_a_failure_not_a_stall() {
     s.client()
         .buy("a", "e1", "g1")
         .assert(503, 1002, "redis error", "close");
+    // Issue 7 (4): the 1002 is the truth: the script that timed out does
+    // not run once Redis resumes (the worker resolved the outcome, killing
+    // the connection it was sent on, before answering).
+    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+    let _: String = redis.cmd(&["PING"]);
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 0);
+    assert_eq!(redis.stock("e1", "g1"), Some(10));
 }
 
 #[test]
