@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::valid_id;
 use crate::keys::{self, GoodsKeys};
 use crate::metrics::Metrics;
-use crate::redis_conn::{connect, LazyConn};
+use crate::redis_conn::{connect, LazyConn, TripError};
 use crate::stock::Stock;
 
 /// How often the catalog is re-read even without a pub/sub message.
@@ -200,11 +200,14 @@ struct EventOut<'a> {
 /// Reads everything once and builds a snapshot, telling `stock` as it goes.
 /// The keys it had to skip are put in `bad`, each with why.
 fn read(
-    conn: &mut redis::Connection,
+    conn: &mut LazyConn,
     stock: &Stock,
     bad: &mut BTreeMap<String, String>,
 ) -> redis::RedisResult<Snapshot> {
-    let raw: BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(keys::EVENTS).query(conn)?;
+    let raw = redis::cmd("HGETALL")
+        .arg(keys::EVENTS)
+        .query::<BTreeMap<String, Vec<u8>>>(conn.get()?);
+    let raw = conn.settle(raw)?;
     let mut defs: Vec<EventDef> = Vec::with_capacity(raw.len());
     for (id, json) in raw {
         match serde_json::from_slice::<EventDef>(&json) {
@@ -214,19 +217,19 @@ fn read(
             }
         }
     }
+    // One goods' stock key of the wrong type fails only its own reply.
     let mut pipe = redis::pipe();
-    // One goods' stock key of the wrong type must not fail the others.
-    pipe.ignore_errors();
     for def in &defs {
         for g in &def.goods {
             pipe.cmd("GET")
                 .arg(GoodsKeys::new(&def.event_id, &g.goods_id).stock);
         }
     }
-    let replies: Vec<redis::RedisResult<redis::Value>> = if pipe.is_empty() {
+    let replies = if pipe.is_empty() {
         Vec::new()
     } else {
-        pipe.query(conn)?
+        conn.round_trip(&pipe, None)
+            .map_err(|(TripError::NotSent(e) | TripError::Lost(e))| e)?
     };
     let mut replies = replies.into_iter();
     let mut stocks = Vec::new();
@@ -341,9 +344,7 @@ impl Refresher {
     /// Reads Redis once and publishes the snapshot; false when Redis failed.
     pub fn refresh(&mut self) -> bool {
         let mut bad = BTreeMap::new();
-        let result = self.conn.get().and_then(|c| read(c, &self.stock, &mut bad));
-        let result = self.conn.settle(result);
-        match result {
+        match read(&mut self.conn, &self.stock, &mut bad) {
             Ok(snap) => {
                 self.catalog.replace(snap);
                 self.catalog.set_ready(true);

@@ -115,6 +115,10 @@ pub struct Conn {
     /// Registered with the loop's poll (not yet, while its first turn runs
     /// inside `accept`).
     pub registered: bool,
+    /// The loop turn in which it is due from the ready list (it used up
+    /// its last turn with work left), or 0. INVARIANT: the connection is on
+    /// the ready list at most once, and driven at most once per turn.
+    pub ready_turn: u64,
 }
 
 /// A connection's bytes and timers, without its socket: what the
@@ -211,6 +215,7 @@ impl Conn {
             bufs: Buffers::new(now),
             slot,
             registered: false,
+            ready_turn: 0,
         }
     }
 

@@ -8,8 +8,10 @@
 -- Redis does not roll a script back when a command in it fails, so
 -- everything that could make a write fail is checked before the first
 -- write: a key of the wrong type, or a stock that is not an integer DECR
--- accepts. Such a goods answers an error and nothing is written, never a
--- unit gone without its order.
+-- accepts. The one write that can still fail (XADD, on a stream whose last
+-- id is the largest there is) goes first, so it fails with nothing written;
+-- DECR and HSET on keys checked above cannot. Such a goods answers an
+-- error, never a unit gone without its order.
 local function expect(key, want)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= want and kind ~= 'none' then
@@ -34,8 +36,11 @@ end
 if tonumber(raw) <= 0 then
   return -1
 end
-local left = redis.call('DECR', KEYS[1])
-local order_id = redis.call('XADD', KEYS[3], '*',
+local order_id = redis.pcall('XADD', KEYS[3], '*',
   'uid', ARGV[1], 'event_id', ARGV[2], 'goods_id', ARGV[3], 'ts_ms', ARGV[4])
+if type(order_id) == 'table' and order_id.err then
+  return redis.error_reply('ERR seckill: ' .. KEYS[3] .. ' refused the order: ' .. order_id.err)
+end
+local left = redis.call('DECR', KEYS[1])
 redis.call('HSET', KEYS[2], ARGV[1], order_id)
 return {left, order_id}

@@ -23,14 +23,14 @@
 //!
 //! Never: knows of HTTP, sockets or the memory share.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use sha1::{Digest, Sha1};
 
 use crate::attempt::Attempt;
 use crate::keys::{self, GoodsKeys};
-use crate::redis_conn::{ClientId, LazyConn};
+use crate::redis_conn::{ClientId, LazyConn, TripError};
 
 /// The script, kept in its own file so it reads and diffs as Lua.
 pub const SCRIPT: &str = include_str!("deduct.lua");
@@ -146,27 +146,31 @@ impl Deducter {
     /// again as `EVAL` (the script did not run for them); if that second
     /// round trip fails, only those become `Unknown`: the first trip's
     /// results stand.
+    ///
+    /// The whole batch takes at most `redis.timeout_ms`, and ends by
+    /// `until` if that comes first (see `shutdown::TRIP_GRACE`).
     pub fn deduct_many(
         &mut self,
         attempts: &[&Attempt],
         ts_ms: u64,
+        until: Option<Instant>,
     ) -> Vec<Result<DeductOutcome, DeductError>> {
         let keys: Vec<GoodsKeys> = attempts
             .iter()
             .map(|a| GoodsKeys::new(&a.event_id, &a.goods_id))
             .collect();
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         for (a, k) in attempts.iter().zip(&keys) {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(&self.sha);
             add_args(&mut cmd, k, a, ts_ms);
             pipe.add_command(cmd);
         }
-        let mut results: Vec<Result<DeductOutcome, DeductError>> = match self.run_pipe(&pipe) {
-            Ok(replies) => replies.into_iter().map(to_result).collect(),
-            Err(e) => return attempts.iter().map(|_| Err(e.clone().into())).collect(),
-        };
+        let mut results: Vec<Result<DeductOutcome, DeductError>> =
+            match self.conn.round_trip(&pipe, until) {
+                Ok(replies) => replies.into_iter().map(to_result).collect(),
+                Err(e) => return attempts.iter().map(|_| Err(e.clone().into())).collect(),
+            };
         let noscript: Vec<usize> = results
             .iter()
             .enumerate()
@@ -177,14 +181,13 @@ impl Deducter {
             .collect();
         if !noscript.is_empty() {
             let mut eval = redis::pipe();
-            eval.ignore_errors();
             for &i in &noscript {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(SCRIPT);
                 add_args(&mut cmd, &keys[i], attempts[i], ts_ms);
                 eval.add_command(cmd);
             }
-            match self.run_pipe(&eval) {
+            match self.conn.round_trip(&eval, until) {
                 Ok(replies) => {
                     for (i, reply) in noscript.into_iter().zip(replies) {
                         results[i] = to_result(reply);
@@ -200,36 +203,19 @@ impl Deducter {
         results
     }
 
-    /// Sends `pipe`. A failure to connect is `Unreachable` (nothing was
-    /// sent); a failure after sending is `Unknown`.
-    fn run_pipe(
-        &mut self,
-        pipe: &redis::Pipeline,
-    ) -> Result<Vec<redis::RedisResult<Value>>, TripError> {
-        let conn = match self.conn.get() {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.conn.failed(&e);
-                return Err(TripError::Unreachable(e));
-            }
-        };
-        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(conn);
-        self.conn.settle(result).map_err(|e| {
-            log::debug!("deduct round trip failed after sending: {e}");
-            TripError::Unknown
-        })
-    }
-
     /// Finds out what became of attempts whose round trip failed
     /// (`DeductError::Unknown`), in one round trip on a fresh connection:
     /// first `CLIENT KILL ID` of every connection that failed, so that
     /// nothing they sent can still run, then `HGET buyers uid` and `GET
     /// stock` for each attempt. `Err`: Redis could not be asked; the caller
     /// retries until the attempts' deadline.
-    pub fn resolve(&mut self, attempts: &[&Attempt]) -> Result<Vec<Resolved>, RedisError> {
+    pub fn resolve(
+        &mut self,
+        attempts: &[&Attempt],
+        until: Option<Instant>,
+    ) -> Result<Vec<Resolved>, RedisError> {
         let dead: Vec<ClientId> = self.conn.dead_ids().to_vec();
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         for d in &dead {
             // Both filters must match: after a Redis restart an id alone
             // could name another client.
@@ -245,8 +231,10 @@ impl Deducter {
             pipe.cmd("HGET").arg(&k.buyers).arg(&a.uid);
             pipe.cmd("GET").arg(&k.stock);
         }
-        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(self.resolver.get()?);
-        let replies = self.resolver.settle(result)?;
+        let replies = self
+            .resolver
+            .round_trip(&pipe, until)
+            .map_err(|(TripError::NotSent(e) | TripError::Lost(e))| e)?;
         let (kills, lookups) = replies.split_at(dead.len().min(replies.len()));
         for (d, kill) in dead.iter().zip(kills) {
             // The count killed: 1 now, 0 when it was already gone. Either
@@ -300,18 +288,14 @@ impl Deducter {
     }
 }
 
-/// How a round trip failed.
-#[derive(Debug, Clone)]
-enum TripError {
-    Unreachable(RedisError),
-    Unknown,
-}
-
 impl From<TripError> for DeductError {
     fn from(e: TripError) -> Self {
         match e {
-            TripError::Unreachable(e) => DeductError::Unreachable(e),
-            TripError::Unknown => DeductError::Unknown,
+            TripError::NotSent(e) => DeductError::Unreachable(e),
+            TripError::Lost(e) => {
+                log::debug!("deduct round trip failed after sending: {e}");
+                DeductError::Unknown
+            }
         }
     }
 }

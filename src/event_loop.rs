@@ -45,10 +45,11 @@
 //! # Stopping
 //!
 //! When the stop flag is seen the loop accepts what waits in the backlog,
-//! closes its listener, reads every connection once, and answers from then
-//! on with `Connection: close`. An idle connection that was already served
-//! is closed at once; one that has sent nothing yet gets `FRESH_GRACE` to
-//! send its request; one in the middle of a request gets `STOP_GRACE`.
+//! closes its listener and reads every connection once. From then on it
+//! answers every complete request it has read, the last of them with
+//! `Connection: close`. An idle connection that was already served is
+//! closed at once; one that has sent nothing yet gets `FRESH_GRACE` to send
+//! its request; one in the middle of a request gets `STOP_GRACE`.
 //!
 //! Never: waits on Redis or on any lock held by another thread for long.
 
@@ -124,6 +125,8 @@ pub struct EventLoop<S: Service> {
     // list being served this turn (kept to reuse its allocation).
     ready: Vec<usize>,
     serving: Vec<usize>,
+    // Counts loop turns, from 1; see `Conn::ready_turn`.
+    turn: u64,
     // When this loop saw the stop flag.
     stopping_since: Option<Instant>,
     // The buffers lent to the connection being driven (rule 7).
@@ -147,7 +150,8 @@ pub enum Progress<C> {
 /// answer taking one unit of `budget`. Stops at a partial request, at a
 /// close (a bad request is answered with its 4xx and `Connection: close`),
 /// at a hijack, when the budget is spent, or while more than `OUT_HIGH`
-/// bytes wait to be flushed. While `now.stopping`, every answer closes.
+/// bytes wait to be flushed. While `now.stopping`, the answer to the last
+/// complete request in the buffer closes the connection.
 pub fn answer_buffered<S: Service>(
     bufs: &mut Buffers,
     service: &mut S,
@@ -172,7 +176,13 @@ pub fn answer_buffered<S: Service>(
         let (handled, len) = match parsed {
             Ok(Parsed::Partial) => break,
             Ok(Parsed::Complete { mut request, len }) => {
-                request.keep_alive &= !now.stopping;
+                // Stopping: every request already read is answered, and
+                // the last complete one says `Connection: close`.
+                if now.stopping {
+                    let next = &inbuf[*read_start + len..];
+                    let more = matches!(parse::parse(next, limits), Ok(Parsed::Complete { .. }));
+                    request.keep_alive &= more;
+                }
                 (service.handle(&request, now, out), len)
             }
             Err(e) => {
@@ -253,6 +263,7 @@ impl<S: Service> EventLoop<S> {
             accept_more: false,
             ready: Vec::new(),
             serving: Vec::new(),
+            turn: 0,
             stopping_since: None,
             spare_in: Vec::with_capacity(2 * crate::conn::READ_CHUNK),
             spare_out: Vec::with_capacity(2 * crate::conn::READ_CHUNK),
@@ -264,8 +275,12 @@ impl<S: Service> EventLoop<S> {
         let mut events = Events::with_capacity(1024);
         let mut swept_at = self.clock.now();
         loop {
+            self.turn += 1;
+            // What the last turn left is due now (`serving`); what this turn
+            // leaves goes on `ready`, for the next.
+            std::mem::swap(&mut self.ready, &mut self.serving);
             // Work left from the last turn: look at the sockets, don't sleep.
-            let timeout = if self.ready.is_empty() && !self.accept_more {
+            let timeout = if self.serving.is_empty() && !self.accept_more {
                 TICK
             } else {
                 Duration::ZERO
@@ -278,15 +293,22 @@ impl<S: Service> EventLoop<S> {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(ACCEPT_TURN),
+                    // One due from the ready list is driven there, once.
+                    Token(key) if self.due(key) => {}
                     Token(key) => self.drive(key),
                 }
             }
             // Rule 8: each connection that used up its last turn gets one
             // more now, after everyone the poll reported.
-            std::mem::swap(&mut self.ready, &mut self.serving);
             let mut serving = std::mem::take(&mut self.serving);
             for key in serving.drain(..) {
-                self.drive(key);
+                // A slot reused since it was listed is not due: skip it.
+                if self.due(key) {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.ready_turn = 0;
+                    }
+                    self.drive(key);
+                }
             }
             self.serving = serving;
             let now = self.clock.now();
@@ -313,6 +335,13 @@ impl<S: Service> EventLoop<S> {
                 }
             }
         }
+    }
+
+    /// Whether `key` is due from the ready list this turn.
+    fn due(&self, key: usize) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|c| c.ready_turn == self.turn)
     }
 
     fn now(&mut self) -> (Instant, u64) {
@@ -404,7 +433,15 @@ impl<S: Service> EventLoop<S> {
         }
         match next {
             Next::Keep => {}
-            Next::Again => self.ready.push(key),
+            Next::Again => {
+                let due = self.turn + 1;
+                if let Some(conn) = self.conns.get_mut(key) {
+                    if conn.ready_turn != due {
+                        conn.ready_turn = due;
+                        self.ready.push(key);
+                    }
+                }
+            }
             Next::Close => self.close(key),
             Next::Hijack(claim) => self.hijack(key, claim, pipelined),
         }
@@ -514,6 +551,7 @@ impl<S: Service> EventLoop<S> {
             mut bufs,
             slot,
             registered,
+            ..
         } = conn;
         // Rule 4: deregister first; then the socket is ours to move. A
         // connection hijacked on its first turn, inside `accept`, was never

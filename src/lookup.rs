@@ -32,7 +32,7 @@ use crate::codes::Code;
 use crate::hijack::Hijacked;
 use crate::keys::GoodsKeys;
 use crate::metrics::Metrics;
-use crate::redis_conn::LazyConn;
+use crate::redis_conn::{LazyConn, TripError};
 use crate::shutdown::Shutdown;
 
 /// Result requests waiting for Redis at most.
@@ -149,10 +149,11 @@ impl Asker {
             }
             return;
         }
-        let found = self.orders_of(&batch);
+        let until = self.shutdown.trip_deadline(self.request_timeout, now);
+        let found = self.orders_of(&batch, until);
         self.breaker.record(found.is_ok(), self.clock.now());
         let found = found.unwrap_or_else(|e| {
-            log::debug!("result lookup failed: {e}");
+            log::debug!("result lookup failed: {e:?}");
             batch.iter().map(|_| Err(())).collect()
         });
         for (q, order) in batch.into_iter().zip(found) {
@@ -173,16 +174,15 @@ impl Asker {
     fn orders_of(
         &mut self,
         batch: &[Question],
-    ) -> redis::RedisResult<Vec<Result<Option<String>, ()>>> {
+        until: Option<Instant>,
+    ) -> Result<Vec<Result<Option<String>, ()>>, TripError> {
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         for q in batch {
             pipe.cmd("HGET")
                 .arg(GoodsKeys::new(&q.event_id, &q.goods_id).buyers)
                 .arg(&q.uid);
         }
-        let result = pipe.query::<Vec<redis::RedisResult<Value>>>(self.conn.get()?);
-        let replies = self.conn.settle(result)?;
+        let replies = self.conn.round_trip(&pipe, until)?;
         Ok(replies
             .into_iter()
             .map(|r| match r {

@@ -8,6 +8,11 @@
 //! reply from the server leaves it usable. The worker's deducter, the
 //! lookup thread, the catalog and the admin service each own one.
 //!
+//! Pipelines go through `round_trip`, which gives the *whole* trip one
+//! deadline. redis-rs's own `Pipeline::query` waits the read timeout for
+//! each reply in turn, even after one timed out, so a hanging Redis would
+//! cost a batch of 64 deducts 64 timeouts.
+//!
 //! A connection that tracks its identity (`tracking_client_id`: the
 //! deducter's) asks `CLIENT INFO` when it is made and remembers the
 //! identity of the connections it dropped after a failure, so the deducter
@@ -16,9 +21,9 @@
 //! ids start again from 1 when Redis restarts, and an id alone could then
 //! name another client.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use redis::{Connection, ErrorKind, RedisError, RedisResult};
+use redis::{Connection, ErrorKind, RedisError, RedisResult, Value};
 
 /// Opens a connection with the timeout applied to connect, read and write.
 pub fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
@@ -40,7 +45,23 @@ pub struct LazyConn {
     // Connections dropped after a failure, not yet known dead on the
     // server. INVARIANT: at most `MAX_DEAD` (the oldest go first).
     dead: Vec<ClientId>,
+    // INVARIANT: the read timeout set on `conn` now.
+    read_timeout: Duration,
 }
+
+/// How a round trip failed.
+#[derive(Debug, Clone)]
+pub enum TripError {
+    /// Connecting failed: nothing was sent.
+    NotSent(RedisError),
+    /// The commands were sent (maybe in part) and their replies did not
+    /// all come back in time: what they did is unknown.
+    Lost(RedisError),
+}
+
+/// Re-arm the read timeout only when it is this far off the time left, so
+/// a fast round trip makes no extra system call.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
 /// A connection as the server knows it: `CLIENT KILL ID <id> ADDR <addr>`
 /// names it and no other.
@@ -66,6 +87,13 @@ impl ClientId {
     }
 }
 
+fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "redis round trip timed out",
+    ))
+}
+
 /// Failed connections remembered for killing at most.
 const MAX_DEAD: usize = 16;
 
@@ -87,6 +115,7 @@ impl LazyConn {
             track_id: false,
             id: None,
             dead: Vec::new(),
+            read_timeout: timeout,
         })
     }
 
@@ -97,10 +126,29 @@ impl LazyConn {
         self
     }
 
-    /// The connection, connecting first if there is none.
+    /// The connection, connecting first if there is none, with the read
+    /// timeout `redis.timeout_ms` (for one command at a time).
     pub fn get(&mut self) -> RedisResult<&mut Connection> {
+        self.get_within(self.timeout)?;
+        let timeout = self.timeout;
+        if self.read_timeout != timeout {
+            self.connected()?.set_read_timeout(Some(timeout))?;
+            self.read_timeout = timeout;
+        }
+        self.connected()
+    }
+
+    fn connected(&mut self) -> RedisResult<&mut Connection> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| RedisError::from((ErrorKind::Io, "not connected")))
+    }
+
+    /// The connection; a new one must be made within `within`.
+    fn get_within(&mut self, within: Duration) -> RedisResult<&mut Connection> {
         if self.conn.is_none() {
-            let mut conn = connect(&self.client, self.timeout)?;
+            let mut conn = connect(&self.client, within.min(self.timeout))?;
+            self.read_timeout = within.min(self.timeout);
             if self.track_id {
                 // A server that refuses CLIENT INFO (before 6.2, renamed,
                 // not permitted) leaves the identity unknown; a connection
@@ -119,6 +167,57 @@ impl LazyConn {
             Some(ref mut c) => Ok(c),
             None => Err(RedisError::from((ErrorKind::Io, "not connected"))),
         }
+    }
+
+    /// Sends every command of `pipe` (which must not be `atomic`) and reads
+    /// one reply per command, in order, the whole trip within
+    /// `redis.timeout_ms` and no later than `until`. Each reply is its own
+    /// result (an error reply fails only its command). The first reply
+    /// that does not come in time ends the trip: the connection is dropped.
+    pub fn round_trip(
+        &mut self,
+        pipe: &redis::Pipeline,
+        until: Option<Instant>,
+    ) -> Result<Vec<RedisResult<Value>>, TripError> {
+        let started = Instant::now();
+        let mut deadline = started + self.timeout;
+        if let Some(until) = until {
+            deadline = deadline.min(until);
+        }
+        let left = deadline.saturating_duration_since(started);
+        if left.is_zero() {
+            return Err(TripError::NotSent(timed_out()));
+        }
+        if let Err(e) = self.get_within(left) {
+            self.failed(&e);
+            return Err(TripError::NotSent(e));
+        }
+        let result = self.send_and_read(pipe, deadline);
+        self.settle(result).map_err(TripError::Lost)
+    }
+
+    fn send_and_read(
+        &mut self,
+        pipe: &redis::Pipeline,
+        deadline: Instant,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        self.connected()?
+            .send_packed_command(&pipe.get_packed_pipeline())?;
+        let mut replies = Vec::with_capacity(pipe.len());
+        for _ in 0..pipe.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            // Too long could overshoot the deadline; too short would fail a
+            // reply that still had time.
+            if self.read_timeout < left || self.read_timeout > left + TIMEOUT_SLACK {
+                self.connected()?.set_read_timeout(Some(left))?;
+                self.read_timeout = left;
+            }
+            replies.push(self.connected()?.recv_response()?.extract_error());
+        }
+        Ok(replies)
     }
 
     /// Passes `result` through, forgetting the connection if it failed at

@@ -134,6 +134,15 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     let shutdown = Shutdown::new();
     let redis_timeout = config.redis.timeout();
     let request_timeout = config.server.request_timeout();
+    if redis_timeout > request_timeout {
+        // A round trip already under way at SIGTERM keeps its whole
+        // timeout (see `shutdown`); trips begun after it are capped.
+        log::warn!(
+            "redis.timeout_ms ({} ms) is above server.request_timeout_ms ({} ms): a stop may take up to redis.timeout_ms + 1 s instead of request_timeout_ms + 1 s",
+            redis_timeout.as_millis(),
+            request_timeout.as_millis()
+        );
+    }
 
     let stock = Stock::new(config.stock.nodes, config.stock.factor);
     let catalog = Arc::new(Catalog::default());

@@ -10,7 +10,11 @@
 //! SPEC §6.3: exit within `request_timeout_ms` plus one second. A request
 //! hijacked during the stop grace would otherwise be allowed its full
 //! `request_timeout_ms` from its own arrival, so while stopping every
-//! deadline is also capped at `stop + request_timeout_ms`.
+//! deadline is also capped at `stop + request_timeout_ms`; and a Redis
+//! round trip, which normally gets all of `redis.timeout_ms` however late
+//! it starts (cutting it short would only make its outcome unknown), ends
+//! by `stop + request_timeout_ms + TRIP_GRACE`, so a large `timeout_ms`
+//! cannot hold the exit.
 //!
 //! Never: blocks; the signal handler only stores the flag.
 
@@ -19,6 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+/// While stopping, how long past `stop + request_timeout_ms` a Redis round
+/// trip may still run; the rest of the second is for closing.
+pub const TRIP_GRACE: Duration = Duration::from_millis(500);
 
 /// Shared handle to the stop flag. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -70,6 +78,15 @@ impl Shutdown {
     }
 }
 
+impl Shutdown {
+    /// The latest a Redis round trip may end: none while serving; while
+    /// stopping, `stop + request_timeout + TRIP_GRACE`.
+    pub fn trip_deadline(&self, request_timeout: Duration, now: Instant) -> Option<Instant> {
+        self.since(now)
+            .map(|stop| stop + request_timeout + TRIP_GRACE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +106,15 @@ mod tests {
         // Arrived during the stop grace: no later than stop + timeout.
         let late = stop + Duration::from_millis(900);
         assert_eq!(s.deadline(late, rt, late), stop + rt);
+        assert_eq!(s.trip_deadline(rt, late), Some(stop + rt + TRIP_GRACE));
+    }
+
+    #[test]
+    fn round_trips_are_not_cut_while_serving() {
+        let s = Shutdown::new();
+        assert_eq!(
+            s.trip_deadline(Duration::from_secs(5), Instant::now()),
+            None
+        );
     }
 }

@@ -165,7 +165,10 @@ impl Worker {
             return;
         }
         let attempts: Vec<&Attempt> = batch.iter().map(|t| &t.attempt).collect();
-        let results = self.deducter.deduct_many(&attempts, self.clock.unix_ms());
+        let until = self.shutdown.trip_deadline(self.request_timeout, started);
+        let results = self
+            .deducter
+            .deduct_many(&attempts, self.clock.unix_ms(), until);
         let done = self.clock.now();
         // Redis as a whole failed when the trip failed or it refused work
         // for reasons of its own (busy, loading); a bad key of one goods is
@@ -253,7 +256,8 @@ impl Worker {
                 return;
             }
             let attempts: Vec<&Attempt> = pending.iter().map(|t| &t.attempt).collect();
-            let found = self.deducter.resolve(&attempts);
+            let until = self.shutdown.trip_deadline(self.request_timeout, now);
+            let found = self.deducter.resolve(&attempts, until);
             self.breaker.record(found.is_ok(), self.clock.now());
             match found {
                 Ok(found) => {

@@ -42,7 +42,7 @@ fn batch_answers_each_attempt_and_falls_back_to_eval() {
         attempt("g", "g1"),
     ];
     let refs: Vec<&Attempt> = batch.iter().collect();
-    let results = d.deduct_many(&refs, 1);
+    let results = d.deduct_many(&refs, 1, None);
     let got: Vec<String> = results
         .iter()
         .map(|r| match r {
@@ -79,7 +79,13 @@ fn bad_keys_fail_the_script_before_any_write() {
     let redis = RedisServer::start();
     redis.seed(
         "e1",
-        &[("orders", 5), ("buyers", 5), ("float", 5), ("huge", 5)],
+        &[
+            ("orders", 5),
+            ("buyers", 5),
+            ("float", 5),
+            ("huge", 5),
+            ("full", 5),
+        ],
         0,
         FAR,
     );
@@ -87,6 +93,14 @@ fn bad_keys_fail_the_script_before_any_write() {
     let _: () = redis.cmd(&["SET", "seckill:{e1:buyers}:buyers", "x"]);
     let _: () = redis.cmd(&["SET", "seckill:{e1:float}:stock", "4.5"]);
     let _: () = redis.cmd(&["SET", "seckill:{e1:huge}:stock", "99999999999999999999"]);
+    // A stream whose last id is the largest: no XADD * can follow it.
+    let _: String = redis.cmd(&[
+        "XADD",
+        "seckill:{e1:full}:orders",
+        "18446744073709551615-18446744073709551615",
+        "uid",
+        "x",
+    ]);
     let _: i64 = redis.cmd(&["DEL", "seckill:{e1:stock}:stock"]);
     let _: i64 = redis.cmd(&["HSET", "seckill:{e1:stock}:stock", "f", "v"]);
     let mut d = Deducter::new(&redis.url(), Duration::from_secs(5)).expect("deducter");
@@ -96,9 +110,10 @@ fn bad_keys_fail_the_script_before_any_write() {
         attempt("a", "float"),
         attempt("a", "huge"),
         attempt("a", "stock"),
+        attempt("a", "full"),
     ];
     let refs: Vec<&Attempt> = batch.iter().collect();
-    for (r, a) in d.deduct_many(&refs, 1).iter().zip(&batch) {
+    for (r, a) in d.deduct_many(&refs, 1, None).iter().zip(&batch) {
         match r {
             Err(e) => assert!(e.is_goods_specific(), "{}: {e:?}", a.goods_id),
             Ok(o) => panic!("{}: {o:?}", a.goods_id),
@@ -106,9 +121,11 @@ fn bad_keys_fail_the_script_before_any_write() {
     }
     assert_eq!(redis.stock("e1", "orders"), Some(5));
     assert_eq!(redis.stock("e1", "buyers"), Some(5));
+    assert_eq!(redis.stock("e1", "full"), Some(5));
+    assert_eq!(redis.xlen_orders("e1", "full"), 1);
     let float: String = redis.cmd(&["GET", "seckill:{e1:float}:stock"]);
     assert_eq!(float, "4.5");
-    for g in ["orders", "float", "huge", "stock"] {
+    for g in ["orders", "float", "huge", "stock", "full"] {
         assert_eq!(redis.hlen_buyers("e1", g), 0, "{g}");
     }
     for g in ["buyers", "float", "huge", "stock"] {

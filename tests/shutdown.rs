@@ -90,6 +90,7 @@ fn sigterm_answers_result_lookups_waiting_on_redis() {
         500,
     );
     let s = Seckill::start_ready(&text);
+    // Ends on its own (PAUSE ALL holds CLIENT UNPAUSE too).
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "4000", "ALL"]);
     let mut askers: Vec<Client> = (0..3)
         .map(|i| {
@@ -117,14 +118,13 @@ fn sigterm_answers_result_lookups_waiting_on_redis() {
             .expect("every lookup is answered before the exit");
         r.assert(503, 1002, "redis error", "close");
     }
-    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
 }
 
 /// Issue 7 (11): at SIGTERM a connection just accepted, whose request had
 /// not arrived yet, was closed as idle (1 in 3 000 connections). It now
-/// gets a grace to send its request, which is answered (with
-/// `Connection: close`); an idle connection that was already served is
-/// closed at once.
+/// gets a grace to send its request; every request it sent is answered,
+/// the last with `Connection: close`; an idle connection that was already
+/// served is closed at once.
 #[test]
 fn connection_accepted_at_sigterm_gets_a_grace_to_send() {
     let redis = RedisServer::start();
@@ -138,11 +138,15 @@ fn connection_accepted_at_sigterm_gets_a_grace_to_send() {
     s.sigterm();
     // Be a slow client: the request comes after the server saw the stop.
     std::thread::sleep(Duration::from_millis(150));
-    fresh.send(&support::raw("GET", "/healthz", None, None, ""));
-    fresh
-        .try_read()
-        .expect("the fresh connection's request is answered")
-        .assert(200, 0, "ok", "close");
+    // Three pipelined requests: every one read is answered, the last
+    // closing the connection.
+    fresh.send(&support::raw("GET", "/healthz", None, None, "").repeat(3));
+    for connection in ["keep-alive", "keep-alive", "close"] {
+        fresh
+            .try_read()
+            .expect("every request the fresh connection sent is answered")
+            .assert(200, 0, "ok", connection);
+    }
     assert!(fresh.try_read().is_none(), "then closed");
     assert!(
         served.try_read().is_none(),
