@@ -102,9 +102,11 @@ impl Lookup {
 
     /// Hands a question over; a full inbox answers 1004 at once.
     pub fn ask(&self, q: Question) {
-        match self.tx.try_send(q) {
-            Ok(()) => self.metrics.lookups_waiting(1),
-            Err(TrySendError::Full(q) | TrySendError::Disconnected(q)) => q.conn.answer_busy(),
+        // Counted before the send, so the thread's -1 never comes first.
+        self.metrics.lookups_waiting(1);
+        if let Err(TrySendError::Full(q) | TrySendError::Disconnected(q)) = self.tx.try_send(q) {
+            self.metrics.lookups_waiting(-1);
+            q.conn.answer_busy();
         }
     }
 }
