@@ -268,6 +268,34 @@ impl Seckill {
         Client::connect(self.addr)
     }
 
+    /// A keep-alive connection that is, once this returns, the only client
+    /// connection the server holds. Connections opened and closed before
+    /// (by `start_ready`, say) are closed on the server's side only when it
+    /// next reads them, so a test that counts against `max_connections`
+    /// right away would race with them.
+    pub fn sole_client(&self) -> Client {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let mut c = self.client();
+            c.send(&raw("GET", "/metrics", None, None, ""));
+            // Refused (the server is still full of closed connections):
+            // try again.
+            while let Some(r) = c.try_read() {
+                let text = String::from_utf8_lossy(&r.body).into_owned();
+                if metric_value(&text, "seckill_open_connections") == 1.0 {
+                    return c;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the server never held this connection alone"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+                c.send(&raw("GET", "/metrics", None, None, ""));
+            }
+            assert!(Instant::now() < deadline, "no connection was accepted");
+        }
+    }
+
     pub fn admin_client(&self) -> Client {
         Client::connect(self.admin)
     }
