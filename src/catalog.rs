@@ -102,6 +102,9 @@ impl EventDef {
             if g.stock < 0 {
                 return Err("stock below 0");
             }
+            if g.stock > MAX_STOCK {
+                return Err("stock above 15 digits");
+            }
         }
         Ok(())
     }
@@ -243,7 +246,7 @@ fn read(
                 Some(Ok(redis::Value::Nil)) => Ok(0),
                 Some(Ok(redis::Value::BulkString(b))) => std::str::from_utf8(&b)
                     .ok()
-                    .and_then(|s| s.parse::<i64>().ok())
+                    .and_then(stock_number)
                     .ok_or_else(|| "stock is not an integer".to_string()),
                 Some(Ok(other)) => Err(format!("unexpected reply {other:?}")),
                 Some(Err(e)) => Err(e.to_string()),
@@ -262,6 +265,23 @@ fn read(
         });
     }
     Ok(Snapshot::build(&defs, stocks, stock))
+}
+
+/// The largest stock the deduct script takes (15 digits: exact in Lua).
+pub const MAX_STOCK: i64 = 999_999_999_999_999;
+
+/// A stock value as the deduct script accepts it (`deduct.lua`): an
+/// integer written the way Redis writes one (no sign but "-", no leading
+/// zero), at most 15 digits. "05" parses as a number in Rust but not in
+/// Redis, so a goods the script would refuse is skipped here too.
+pub fn stock_number(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let canonical = s == "0"
+        || (!digits.is_empty()
+            && digits.len() <= 15
+            && !digits.starts_with('0')
+            && digits.bytes().all(|b| b.is_ascii_digit()));
+    canonical.then(|| s.parse().ok()).flatten()
 }
 
 impl Snapshot {
@@ -487,6 +507,26 @@ mod tests {
     }
 
     #[test]
+    fn stock_numbers_are_read_as_redis_writes_them() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("5", Some(5)),
+            ("-3", Some(-3)),
+            ("999999999999999", Some(999_999_999_999_999)),
+            ("05", None),
+            ("-0", None),
+            ("+5", None),
+            (" 5", None),
+            ("4.5", None),
+            ("", None),
+            ("-", None),
+            ("1000000000000000", None),
+        ] {
+            assert_eq!(stock_number(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
     fn bad_definitions_are_refused() {
         let mut def: EventDef =
             serde_json::from_str(r#"{"event_id":"e1","goods":[{"goods_id":"g1","stock":1}]}"#)
@@ -497,6 +537,8 @@ mod tests {
         def.goods.pop();
         def.goods[0].stock = -1;
         assert_eq!(def.check(), Err("stock below 0"));
+        def.goods[0].stock = MAX_STOCK + 1;
+        assert_eq!(def.check(), Err("stock above 15 digits"));
         def.goods[0].stock = 1;
         def.event_id = "e:1".into();
         assert_eq!(def.check(), Err("event_id"));

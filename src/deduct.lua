@@ -29,8 +29,10 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then
   return -3
 end
--- At most 18 digits: DECR's int64 range, and exact in Lua's doubles.
-if not string.match(raw, '^%-?%d+$') or #raw > 18 then
+-- Written as Redis writes integers (no leading zero, no "+", no "-0": DECR
+-- refuses "05"), at most 15 digits: exact in Lua's doubles, and far inside
+-- DECR's range.
+if not (raw == '0' or string.match(raw, '^%-?[1-9]%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$')) then
   return redis.error_reply('ERR seckill: ' .. KEYS[1] .. ' is not an integer')
 end
 if tonumber(raw) <= 0 then

@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::{Connection, ErrorKind, RedisError, RedisResult, Value};
+use redis::{Connection, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value};
 
 /// Opens a connection with the timeout applied to connect, read and write.
 pub fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
@@ -108,8 +108,15 @@ impl std::fmt::Debug for LazyConn {
 impl LazyConn {
     /// For `url`; nothing connects until `get`.
     pub fn open(url: &str, timeout: Duration) -> RedisResult<Self> {
+        let info = url.into_connection_info()?;
+        // No `CLIENT SETINFO` on connect: redis-rs sends it as a pipeline of
+        // two commands and waits the timeout for each reply, so a hanging
+        // Redis would cost every new connection two timeouts. (AUTH and
+        // SELECT from the URL are still sent.)
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let info = info.set_redis_settings(settings);
         Ok(LazyConn {
-            client: redis::Client::open(url)?,
+            client: redis::Client::open(info)?,
             timeout,
             conn: None,
             track_id: false,
@@ -147,9 +154,18 @@ impl LazyConn {
     /// The connection; a new one must be made within `within`.
     fn get_within(&mut self, within: Duration) -> RedisResult<&mut Connection> {
         if self.conn.is_none() {
-            let mut conn = connect(&self.client, within.min(self.timeout))?;
-            self.read_timeout = within.min(self.timeout);
+            let within = within.min(self.timeout);
+            let deadline = Instant::now() + within;
+            let mut conn = connect(&self.client, within)?;
+            self.read_timeout = within;
             if self.track_id {
+                // Connecting and asking share the one allowance.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(timed_out());
+                }
+                conn.set_read_timeout(Some(left))?;
+                self.read_timeout = left;
                 // A server that refuses CLIENT INFO (before 6.2, renamed,
                 // not permitted) leaves the identity unknown; a connection
                 // failure is a failure.

@@ -85,6 +85,7 @@ fn bad_keys_fail_the_script_before_any_write() {
             ("float", 5),
             ("huge", 5),
             ("full", 5),
+            ("zero", 5),
         ],
         0,
         FAR,
@@ -93,6 +94,8 @@ fn bad_keys_fail_the_script_before_any_write() {
     let _: () = redis.cmd(&["SET", "seckill:{e1:buyers}:buyers", "x"]);
     let _: () = redis.cmd(&["SET", "seckill:{e1:float}:stock", "4.5"]);
     let _: () = redis.cmd(&["SET", "seckill:{e1:huge}:stock", "99999999999999999999"]);
+    // Lua reads "05" as 5; Redis's DECR refuses it.
+    let _: () = redis.cmd(&["SET", "seckill:{e1:zero}:stock", "05"]);
     // A stream whose last id is the largest: no XADD * can follow it.
     let _: String = redis.cmd(&[
         "XADD",
@@ -111,6 +114,7 @@ fn bad_keys_fail_the_script_before_any_write() {
         attempt("a", "huge"),
         attempt("a", "stock"),
         attempt("a", "full"),
+        attempt("a", "zero"),
     ];
     let refs: Vec<&Attempt> = batch.iter().collect();
     for (r, a) in d.deduct_many(&refs, 1, None).iter().zip(&batch) {
@@ -125,10 +129,10 @@ fn bad_keys_fail_the_script_before_any_write() {
     assert_eq!(redis.xlen_orders("e1", "full"), 1);
     let float: String = redis.cmd(&["GET", "seckill:{e1:float}:stock"]);
     assert_eq!(float, "4.5");
-    for g in ["orders", "float", "huge", "stock", "full"] {
+    for g in ["orders", "float", "huge", "stock", "full", "zero"] {
         assert_eq!(redis.hlen_buyers("e1", g), 0, "{g}");
     }
-    for g in ["buyers", "float", "huge", "stock"] {
+    for g in ["buyers", "float", "huge", "stock", "zero"] {
         assert_eq!(redis.xlen_orders("e1", g), 0, "{g}");
     }
 }
