@@ -6,26 +6,34 @@
 -- buyer record (HSET) happen together or not at all.
 --
 -- Redis does not roll a script back when a command in it fails, so
--- everything that could make a write fail is checked before the first
--- write: a key of the wrong type, or a stock that is not an integer DECR
--- accepts. The one write that can still fail (XADD, on a stream whose last
--- id is the largest there is) goes first, so it fails with nothing written;
--- DECR and HSET on keys checked above cannot. Such a goods answers an
--- error, never a unit gone without its order.
-local function expect(key, want)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= want and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE seckill: ' .. key .. ' is a ' .. kind .. ', not a ' .. want)
+-- everything that could make a write fail is found out before the first
+-- write, and a bad key is an error reply with nothing written, never a
+-- unit gone without its order:
+-- - `buyers` and `stock` of the wrong type: HEXISTS and GET refuse them;
+-- - a stock DECR would refuse: checked to be an integer as Redis writes one;
+-- - `orders` of the wrong type, or a stream whose last id is the largest
+--   there is: XADD refuses it, and XADD is the first write.
+-- After that, DECR and HSET run on keys already proven good.
+-- (No TYPE calls: each read or write that could fail is its own check.)
+local function refused(reply, key)
+  if type(reply) == 'table' and reply.err then
+    return redis.error_reply('ERR seckill: ' .. key .. ': ' .. reply.err)
   end
 end
-local bad = expect(KEYS[1], 'string') or expect(KEYS[2], 'hash') or expect(KEYS[3], 'stream')
+
+local bought = redis.pcall('HEXISTS', KEYS[2], ARGV[1])
+local bad = refused(bought, KEYS[2])
 if bad then
   return bad
 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+if bought == 1 then
   return -2
 end
-local raw = redis.call('GET', KEYS[1])
+local raw = redis.pcall('GET', KEYS[1])
+bad = refused(raw, KEYS[1])
+if bad then
+  return bad
+end
 if not raw then
   return -3
 end
@@ -40,8 +48,9 @@ if tonumber(raw) <= 0 then
 end
 local order_id = redis.pcall('XADD', KEYS[3], '*',
   'uid', ARGV[1], 'event_id', ARGV[2], 'goods_id', ARGV[3], 'ts_ms', ARGV[4])
-if type(order_id) == 'table' and order_id.err then
-  return redis.error_reply('ERR seckill: ' .. KEYS[3] .. ' refused the order: ' .. order_id.err)
+bad = refused(order_id, KEYS[3])
+if bad then
+  return bad
 end
 local left = redis.call('DECR', KEYS[1])
 redis.call('HSET', KEYS[2], ARGV[1], order_id)
