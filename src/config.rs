@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`: listener and HTTP limits.
@@ -38,7 +38,7 @@ pub struct Config {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Public listener address.
@@ -60,7 +60,7 @@ pub struct ServerConfig {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Admin listener address.
@@ -70,7 +70,7 @@ pub struct AdminConfig {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HMAC-SHA256 key of user tokens; empty refuses to start.
@@ -78,7 +78,7 @@ pub struct AuthConfig {
 }
 
 /// `[redis]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port/db`.
@@ -88,7 +88,7 @@ pub struct RedisConfig {
 }
 
 /// `[breaker]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Redis failures in a row that open the breaker.
@@ -98,7 +98,7 @@ pub struct BreakerConfig {
 }
 
 /// `[queue.<name>]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Backend name; only `"memory"` exists.
@@ -113,7 +113,7 @@ pub struct QueueConfig {
 }
 
 /// `[stock]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StockConfig {
     /// Nodes sharing the stock.
@@ -123,7 +123,7 @@ pub struct StockConfig {
 }
 
 /// `[blacklist]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlacklistConfig {
     /// One uid a line; empty = no blacklist.
@@ -464,6 +464,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.redis.timeout_ms, 1);
+    }
+
+    #[test]
+    fn a_config_written_out_reads_back_the_same() {
+        // Tests build a `Config` in Rust and hand the server its TOML.
+        let mut c = Config::default();
+        c.server.threads = 3;
+        c.stock.factor = 1.25;
+        c.queue.insert("other".into(), QueueConfig::default());
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), c);
     }
 
     #[test]

@@ -7,36 +7,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::{
-    buy_bytes, config, metric_value, now_s, raw, token, token_exp, Client, RedisServer, Seckill,
-    ADMIN_KEY, SECRET,
+    buy_bytes, config, eventually, metric_value, now_s, raw, token, token_exp, Client, RedisServer,
+    Seckill, ADMIN_KEY, FAR, SECRET,
 };
-
-const FAR: u64 = 4_102_444_800;
-
-fn server_with(redis: &RedisServer, server: &str) -> Seckill {
-    let s = Seckill::start(&config(
-        redis,
-        server,
-        "rate = 0",
-        "nodes = 1\nfactor = 1.0",
-    ));
-    assert!(
-        s.wait_for_event("e1", Duration::from_secs(3)),
-        "server never saw event e1"
-    );
-    s
-}
-
-fn setup(goods: &[(&str, i64)]) -> (RedisServer, Seckill) {
-    let redis = RedisServer::start();
-    redis.seed("e1", goods, 0, FAR);
-    let s = server_with(&redis, "");
-    (redis, s)
-}
 
 #[test]
 fn winning_attempt_answers_order_and_closes() {
-    let (redis, s) = setup(&[("g1", 5)]);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&redis));
     let mut c = s.client();
     let r = c.buy("alice", "e1", "g1");
     r.assert(200, 0, "ok", "close");
@@ -53,7 +31,8 @@ fn winning_attempt_answers_order_and_closes() {
 
 #[test]
 fn repeat_buyer_gets_1005_from_memory_on_a_kept_connection() {
-    let (redis, s) = setup(&[("g1", 5)]);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&redis));
     s.client()
         .buy("alice", "e1", "g1")
         .assert(200, 0, "ok", "close");
@@ -71,7 +50,8 @@ fn repeat_buyer_gets_1005_from_memory_on_a_kept_connection() {
 
 #[test]
 fn sold_out_answers_1001_and_keeps_the_connection() {
-    let (_redis, s) = setup(&[("g0", 0)]);
+    let _redis = RedisServer::with_e1(&[("g0", 0)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let mut c = s.client();
     for uid in ["a", "b", "c"] {
         c.buy(uid, "e1", "g0")
@@ -81,7 +61,8 @@ fn sold_out_answers_1001_and_keeps_the_connection() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let (_redis, s) = setup(&[("g0", 0)]);
+    let _redis = RedisServer::with_e1(&[("g0", 0)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let mut c = s.client();
     let mut bytes = raw("GET", "/healthz", None, None, "");
     bytes.extend(buy_bytes("a", "e1", "g0", ""));
@@ -98,7 +79,8 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn hijacked_answer_follows_earlier_pipelined_answers() {
-    let (_redis, s) = setup(&[("g1", 5)]);
+    let _redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let mut c = s.client();
     let mut bytes = raw("GET", "/healthz", None, None, "");
     bytes.extend(buy_bytes("alice", "e1", "g1", ""));
@@ -116,7 +98,8 @@ fn hijacked_answer_follows_earlier_pipelined_answers() {
 
 #[test]
 fn reads_answer_with_the_spec_shapes() {
-    let (_redis, s) = setup(&[("g1", 5), ("g2", 0)]);
+    let _redis = RedisServer::with_e1(&[("g1", 5), ("g2", 0)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let mut c = s.client();
     c.get("/healthz", None).assert(200, 0, "ok", "keep-alive");
     c.get("/readyz", None).assert(200, 0, "ok", "keep-alive");
@@ -153,7 +136,8 @@ fn reads_answer_with_the_spec_shapes() {
 
 #[test]
 fn result_shows_none_then_the_win() {
-    let (_redis, s) = setup(&[("g1", 5)]);
+    let _redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let auth = format!("Bearer {}", token("alice"));
     let r = s
         .client()
@@ -184,7 +168,8 @@ fn result_shows_none_then_the_win() {
 
 #[test]
 fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
-    let (_redis, s) = setup(&[("g1", 5)]);
+    let _redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let mut c = s.client();
     c.get("/", None)
         .assert(404, 4004, "not found", "keep-alive");
@@ -205,7 +190,8 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
 
 #[test]
 fn bad_tokens_answer_4001() {
-    let (redis, s) = setup(&[("g1", 5)]);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&redis));
     let body = Some(r#"{"event_id":"e1","goods_id":"g1"}"#);
     let good = token("alice");
     let other = seckill::auth::Signer::new(b"other").mint("alice", now_s() + 60);
@@ -228,7 +214,8 @@ fn bad_tokens_answer_4001() {
 
 #[test]
 fn bad_bodies_answer_4000_and_close() {
-    let (_redis, s) = setup(&[("g1", 5)]);
+    let _redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let bodies = [
         "",
         "not json",
@@ -249,7 +236,8 @@ fn bad_bodies_answer_4000_and_close() {
 
 #[test]
 fn unknown_event_or_goods_answers_4004() {
-    let (_redis, s) = setup(&[("g1", 5)]);
+    let _redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let mut c = s.client();
     c.buy("a", "e1", "nope")
         .assert(404, 4004, "not found", "keep-alive");
@@ -259,12 +247,11 @@ fn unknown_event_or_goods_answers_4004() {
 
 #[test]
 fn event_window_answers_1006_before_and_1007_after() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
     redis.seed("soon", &[("g1", 5)], now_s() + 3600, FAR);
     redis.seed("past", &[("g1", 5)], 0, now_s() - 1);
-    let s = server_with(&redis, "");
-    assert!(s.wait_for_event("past", Duration::from_secs(2)));
+    let s = Seckill::start_ready(&config(&redis));
+    s.wait_for_event("past", Duration::from_secs(2));
     let mut c = s.client();
     c.buy("a", "soon", "g1")
         .assert(200, 1006, "event not started", "keep-alive");
@@ -274,7 +261,8 @@ fn event_window_answers_1006_before_and_1007_after() {
 
 #[test]
 fn http10_closes_unless_it_asks_for_keep_alive() {
-    let (_redis, s) = setup(&[("g1", 5)]);
+    let _redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let mut c = s.client();
     c.send(b"GET /healthz HTTP/1.0\r\n\r\n");
     c.read().assert(200, 0, "ok", "close");
@@ -292,9 +280,11 @@ fn http10_closes_unless_it_asks_for_keep_alive() {
 
 #[test]
 fn oversize_head_and_body_answer_431_and_413_and_close() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let s = server_with(&redis, "max_header_bytes = 512\nmax_body_bytes = 64");
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let mut c = config(&redis);
+    c.server.max_header_bytes = 512;
+    c.server.max_body_bytes = 64;
+    let s = Seckill::start_ready(&c);
     let mut c = s.client();
     c.send(&raw(
         "GET",
@@ -328,9 +318,11 @@ fn oversize_head_and_body_answer_431_and_413_and_close() {
 
 #[test]
 fn slow_request_gets_408_and_idle_connection_closes() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let s = server_with(&redis, "read_timeout_ms = 300\nkeepalive_timeout_ms = 400");
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let mut c = config(&redis);
+    c.server.read_timeout_ms = 300;
+    c.server.keepalive_timeout_ms = 400;
+    let s = Seckill::start_ready(&c);
     let mut slow = s.client();
     slow.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
     slow.read().assert(408, 4008, "request timeout", "close");
@@ -346,9 +338,10 @@ fn slow_request_gets_408_and_idle_connection_closes() {
 
 #[test]
 fn connections_past_max_connections_are_closed() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let s = server_with(&redis, "max_connections = 3");
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let mut c = config(&redis);
+    c.server.max_connections = 3;
+    let s = Seckill::start_ready(&c);
     let mut kept = vec![s.sole_client()];
     kept.extend((0..2).map(|_| s.client()));
     for c in &mut kept {
@@ -362,7 +355,8 @@ fn connections_past_max_connections_are_closed() {
 
 #[test]
 fn noscript_falls_back_to_eval() {
-    let (redis, s) = setup(&[("g1", 5)]);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&redis));
     let _: () = redis.cmd(&["SCRIPT", "FLUSH"]);
     s.client()
         .buy("alice", "e1", "g1")
@@ -384,9 +378,8 @@ fn admin_req(
 
 #[test]
 fn admin_creates_shows_resets_and_deletes_events() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
-    let s = server_with(&redis, "");
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
+    let s = Seckill::start_ready(&config(&redis));
     let def = r#"{"event_id":"e2","name":"sale","start_at":0,"end_at":4102444800,"goods":[{"goods_id":"g1","name":"phone","price_cents":100,"stock":3}]}"#;
 
     admin_req(&s, "POST", "/admin/events", None, Some(def)).assert(
@@ -418,10 +411,7 @@ fn admin_creates_shows_resets_and_deletes_events() {
         "keep-alive",
     );
     assert_eq!(redis.stock("e2", "g1"), Some(3));
-    assert!(
-        s.wait_for_event("e2", Duration::from_secs(1)),
-        "the node learns of the event within 1 s"
-    );
+    s.wait_for_event("e2", Duration::from_secs(1));
     s.client()
         .buy("alice", "e2", "g1")
         .assert(200, 0, "ok", "close");
@@ -454,16 +444,11 @@ fn admin_creates_shows_resets_and_deletes_events() {
     assert_eq!(redis.hlen_buyers("e2", "g1"), 0);
     assert_eq!(redis.xlen_orders("e2", "g1"), 0);
     // The node forgets alice within 1 s: she can buy again.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    let mut last = 0;
-    while std::time::Instant::now() < deadline {
-        last = s.client().buy("alice", "e2", "g1").code();
-        if last == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(last, 0, "after a reset the node forgets its buyers");
+    eventually(
+        Duration::from_secs(2),
+        "after a reset the node forgets its buyers",
+        || s.client().buy("alice", "e2", "g1").code() == 0,
+    );
 
     admin_req(&s, "DELETE", "/admin/events/e2", Some(ADMIN_KEY), None).assert(
         200,
@@ -501,10 +486,10 @@ fn admin_creates_shows_resets_and_deletes_events() {
 
 #[test]
 fn empty_admin_key_refuses_every_admin_request() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let text = config(&redis, "", "", "").replace(&format!("key = \"{ADMIN_KEY}\""), "key = \"\"");
-    let s = Seckill::start(&text);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let mut c = config(&redis);
+    c.admin.key = String::new();
+    let s = Seckill::start(&c);
     admin_req(&s, "GET", "/admin/events/e1", Some(""), None).assert(
         401,
         4001,
@@ -603,7 +588,8 @@ fn token_command_prints_tokens_the_server_accepts() {
 
 #[test]
 fn metrics_move_with_traffic() {
-    let (_redis, s) = setup(&[("g1", 5), ("g0", 0)]);
+    let _redis = RedisServer::with_e1(&[("g1", 5), ("g0", 0)]);
+    let s = Seckill::start_ready(&config(&_redis));
     let scrape = || s.metrics();
     let before = scrape();
     let mut kept = s.client();
@@ -653,9 +639,8 @@ fn metrics_move_with_traffic() {
 /// now removes its keys, as `DELETE` does.
 #[test]
 fn dropping_a_goods_from_an_event_removes_its_keys() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
-    let s = server_with(&redis, "");
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
+    let s = Seckill::start_ready(&config(&redis));
     let def = |goods: &str| {
         format!(
             r#"{{"event_id":"e2","name":"sale","start_at":0,"end_at":4102444800,"goods":[{goods}]}}"#
@@ -670,7 +655,7 @@ fn dropping_a_goods_from_an_event_removes_its_keys() {
         "ok",
         "keep-alive",
     );
-    assert!(s.wait_for_event("e2", Duration::from_secs(1)));
+    s.wait_for_event("e2", Duration::from_secs(1));
     s.client()
         .buy("u1", "e2", "g2")
         .assert(200, 0, "ok", "close");
@@ -691,19 +676,18 @@ fn dropping_a_goods_from_an_event_removes_its_keys() {
     r.assert(200, 0, "ok", "keep-alive");
     assert_eq!(r.json()["data"]["goods"][1]["stock_left"], 3);
     assert_eq!(r.json()["data"]["goods"][1]["sold"], 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let r = s.client().buy("u1", "e2", "g2");
-        if r.code() == 0 {
-            r.assert(200, 0, "ok", "close");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "u1 never bought the re-created goods: {r:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(2),
+        "u1 buys the re-created goods again",
+        || {
+            let r = s.client().buy("u1", "e2", "g2");
+            let won = r.code() == 0;
+            if won {
+                r.assert(200, 0, "ok", "close");
+            }
+            won
+        },
+    );
     assert_eq!(redis.stock("e2", "g2"), Some(2));
 }
 
@@ -714,7 +698,8 @@ fn dropping_a_goods_from_an_event_removes_its_keys() {
 /// and reads slowly gets every answer, the buy's last, then a clean EOF.
 #[test]
 fn pipelined_bytes_behind_a_buy_never_cost_its_answer() {
-    let (redis, s) = setup(&[("g1", 5)]);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&redis));
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     // A small window: most of the answers wait in the server's socket.

@@ -5,16 +5,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use seckill::attempt::Attempt;
 use seckill::deduct::{script_sha, DeductOutcome, Deducter, SCRIPT};
 use support::{
-    buy_bytes, config, hold_worker, metric_value, redis_timeout, release_worker, RedisServer,
-    Seckill,
+    buy_bytes, config, eventually, hold_worker, metric_value, release_worker, RedisServer, Seckill,
+    FAR,
 };
-
-const FAR: u64 = 4_102_444_800;
 
 fn attempt(uid: &str, goods: &str) -> Attempt {
     Attempt {
@@ -26,8 +24,7 @@ fn attempt(uid: &str, goods: &str) -> Attempt {
 
 #[test]
 fn batch_answers_each_attempt_and_falls_back_to_eval() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 3), ("g0", 0), ("bad", 5)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 3), ("g0", 0), ("bad", 5)]);
     let _: () = redis.cmd(&["SET", "seckill:{e1:bad}:buyers", "not a hash"]);
     let _: () = redis.cmd(&["SCRIPT", "FLUSH"]);
     let mut d = Deducter::new(&redis.url(), Duration::from_secs(5)).expect("deducter");
@@ -139,13 +136,10 @@ fn bad_keys_fail_the_script_before_any_write() {
 
 #[test]
 fn worker_sends_queued_attempts_in_one_round_trip() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 20)], 0, FAR);
-    let text = redis_timeout(
-        &config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0"),
-        20000,
-    );
-    let s = Seckill::start_ready(&text);
+    let redis = RedisServer::with_e1(&[("g1", 20)]);
+    let mut c = config(&redis);
+    c.redis.timeout_ms = 20_000; // the held round trip waits out the pause
+    let s = Seckill::start_ready(&c);
     let mut first = hold_worker(&redis, &s, "u0", "g1");
     let mut rest: Vec<_> = (1..=9)
         .map(|i| {
@@ -156,19 +150,11 @@ fn worker_sends_queued_attempts_in_one_round_trip() {
         .collect();
     // Every attempt is in the worker's batch or in the queue (some may
     // have joined u0's batch as it was sent).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), "all ten attempts arrive", || {
         let m = s.metrics();
         let value = |name: &str| metric_value(&m, name);
-        if value("seckill_tokens_spent_total") + value("seckill_queue_depth") == 10.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the attempts never all arrived:\n{m}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        value("seckill_tokens_spent_total") + value("seckill_queue_depth") == 10.0
+    });
     release_worker(&redis);
     first.read().assert(200, 0, "ok", "close");
     for c in &mut rest {

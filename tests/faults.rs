@@ -8,21 +8,16 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use support::{
-    buy_bytes, config, hold_worker, redis_timeout, release_worker, RedisServer, Seckill,
+    buy_bytes, config, eventually, hold_worker, release_worker, shop, RedisServer, Seckill, FAR,
 };
-
-const FAR: u64 = 4_102_444_800;
-
-fn start(redis: &RedisServer, server: &str, extra: &str) -> Seckill {
-    let text = config(redis, server, "rate = 0", "nodes = 1\nfactor = 1.0") + extra;
-    Seckill::start_ready(&text)
-}
 
 #[test]
 fn redis_down_opens_the_breaker_and_sales_resume_when_it_is_back() {
-    let mut redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 10)], 0, FAR);
-    let s = start(&redis, "", "[breaker]\nfailures = 3\nprobe_ms = 300\n");
+    let mut redis = RedisServer::with_e1(&[("g1", 10)]);
+    let mut c = config(&redis);
+    c.breaker.failures = 3;
+    c.breaker.probe_ms = 300;
+    let s = Seckill::start_ready(&c);
     let text = |s: &Seckill| s.metrics();
     redis.stop();
 
@@ -38,11 +33,9 @@ fn redis_down_opens_the_breaker_and_sales_resume_when_it_is_back() {
     c.buy("a4", "e1", "g1")
         .assert(503, 1002, "redis error", "keep-alive");
     c.get("/healthz", None).assert(200, 0, "ok", "keep-alive");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while s.client().get("/readyz", None).status != 503 {
-        assert!(Instant::now() < deadline, "/readyz never turned 503");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(2), "/readyz turns 503", || {
+        s.client().get("/readyz", None).status == 503
+    });
     s.client()
         .get("/readyz", None)
         .assert(503, 1002, "redis error", "keep-alive");
@@ -50,16 +43,11 @@ fn redis_down_opens_the_breaker_and_sales_resume_when_it_is_back() {
     // Back, empty (no persistence): the same stock again.
     redis.restart();
     redis.seed("e1", &[("g1", 10)], 0, FAR);
-    let deadline = Instant::now() + Duration::from_secs(5);
     let mut n = 0;
-    loop {
+    eventually(Duration::from_secs(5), "sales resume", || {
         n += 1;
-        if s.client().buy(&format!("r{n}"), "e1", "g1").code() == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sales never resumed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        s.client().buy(&format!("r{n}"), "e1", "g1").code() == 0
+    });
     assert!(text(&s).contains("seckill_breaker_open 0"));
     // Every unit the failed attempts took came back: 9 more sell.
     for i in 0..9 {
@@ -72,13 +60,10 @@ fn redis_down_opens_the_breaker_and_sales_resume_when_it_is_back() {
 
 #[test]
 fn hanging_redis_is_a_failure_not_a_stall() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 10)], 0, FAR);
-    let text = redis_timeout(
-        &config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0"),
-        200,
-    );
-    let s = Seckill::start_ready(&text);
+    let redis = RedisServer::with_e1(&[("g1", 10)]);
+    let mut c = config(&redis);
+    c.redis.timeout_ms = 200;
+    let s = Seckill::start_ready(&c);
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "3000", "WRITE"]);
     s.client()
         .buy("a", "e1", "g1")
@@ -94,10 +79,12 @@ fn hanging_redis_is_a_failure_not_a_stall() {
 
 #[test]
 fn sold_out_on_one_node_is_sold_out_on_the_other_within_a_second() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 2)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 2)]);
     // nodes 2, factor 2: each node's share is the whole stock (2).
-    let node = || Seckill::start_ready(&config(&redis, "", "rate = 0", "nodes = 2\nfactor = 2.0"));
+    let mut c = config(&redis);
+    c.stock.nodes = 2;
+    c.stock.factor = 2.0;
+    let node = || Seckill::start_ready(&c);
     let (a, b) = (node(), node());
     a.client()
         .buy("u1", "e1", "g1")
@@ -109,12 +96,10 @@ fn sold_out_on_one_node_is_sold_out_on_the_other_within_a_second() {
     a.client()
         .buy("u3", "e1", "g1")
         .assert(200, 1001, "no stock", "close");
-    assert!(
-        b.wait_metric(
-            "seckill_stock_share{event=\"e1\",goods=\"g1\"} 0",
-            Duration::from_secs(1)
-        ),
-        "node b's share reached 0 within 1 s"
+    // Node b's share reaches 0 within 1 s.
+    b.wait_metric(
+        "seckill_stock_share{event=\"e1\",goods=\"g1\"} 0",
+        Duration::from_secs(1),
     );
     // From memory now: keep-alive, and no token spent on b for it.
     let spent = b
@@ -135,35 +120,25 @@ fn sold_out_on_one_node_is_sold_out_on_the_other_within_a_second() {
 
 #[test]
 fn blacklisted_uid_gets_403_and_the_file_reloads_within_a_second() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("blacklist.txt");
     // Missing at start: treated as empty.
-    let s = start(
-        &redis,
-        "",
-        &format!("[blacklist]\nfile = \"{}\"\n", path.display()),
-    );
+    let mut c = config(&redis);
+    c.blacklist.file = path.display().to_string();
+    let s = Seckill::start_ready(&c);
     s.client()
         .buy("bot", "e1", "g0")
         .assert(200, 1001, "no stock", "keep-alive");
 
-    let until = |want: i64| {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            let code = s.client().buy("bot", "e1", "g0").code();
-            if code == want {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let s = &s;
+    let bot_gets = |want: i64| move || s.client().buy("bot", "e1", "g0").code() == want;
     std::fs::write(&path, "# bots\nbot\nother-bot\n").expect("write blacklist");
-    assert!(until(4003), "the new file is used within 1 s");
+    eventually(
+        Duration::from_secs(1),
+        "the new file is used within 1 s",
+        bot_gets(4003),
+    );
     s.client()
         .buy("bot", "e1", "g0")
         .assert(403, 4003, "blocked", "keep-alive");
@@ -171,49 +146,44 @@ fn blacklisted_uid_gets_403_and_the_file_reloads_within_a_second() {
         .buy("human", "e1", "g0")
         .assert(200, 1001, "no stock", "keep-alive");
     std::fs::write(&path, "other-bot\n").expect("rewrite blacklist");
-    assert!(until(1001), "a removed uid is unblocked within 1 s");
+    eventually(
+        Duration::from_secs(1),
+        "a removed uid is unblocked within 1 s",
+        bot_gets(1001),
+    );
     std::fs::remove_file(&path).expect("remove blacklist");
     s.client().buy("other-bot", "e1", "g0");
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while s.client().buy("other-bot", "e1", "g0").code() != 1001 {
-        assert!(
-            Instant::now() < deadline,
-            "a removed file counts as empty within 1 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(
+        Duration::from_secs(1),
+        "a removed file counts as empty within 1 s",
+        || s.client().buy("other-bot", "e1", "g0").code() == 1001,
+    );
 }
 
 #[test]
 fn client_hanging_up_while_queued_keeps_its_sale() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
     // Redis calls may wait out the pause below. One token: u2 cannot join
     // u1's batch, it waits in the queue.
-    let text = redis_timeout(
-        &config(
-            &redis,
-            "",
-            "rate = 20\nburst = 1",
-            "nodes = 1\nfactor = 1.0",
-        ),
-        20000,
-    );
-    let s = Seckill::start_ready(&text);
+    let mut c = config(&redis);
+    c.redis.timeout_ms = 20_000;
+    shop(&mut c).rate = 20;
+    shop(&mut c).burst = 1;
+    let s = Seckill::start_ready(&c);
     let mut u1 = hold_worker(&redis, &s, "u1", "g1");
     let mut u2 = s.client();
     u2.send(&buy_bytes("u2", "e1", "g1", ""));
-    assert!(s.wait_metric("seckill_queue_depth 1", Duration::from_secs(5)));
+    s.wait_metric("seckill_queue_depth 1", Duration::from_secs(5));
     drop(u2); // hangs up while queued
     release_worker(&redis);
 
     u1.read().assert(200, 0, "ok", "close");
     // The worker went on with u2's sale: the order stands and shows.
-    assert!(s.wait_metric("seckill_queue_depth 0", Duration::from_secs(5)));
-    assert!(s.wait_metric(
+    s.wait_metric("seckill_queue_depth 0", Duration::from_secs(5));
+    s.wait_metric(
         "seckill_worker_responses_total{code=\"0\"} 2",
-        Duration::from_secs(5)
-    ));
+        Duration::from_secs(5),
+    );
     let auth = format!("Bearer {}", support::token("u2"));
     let r = s
         .client()
@@ -265,18 +235,12 @@ fn keep_redis_busy(redis: &RedisServer, ms: u64) -> std::thread::JoinHandle<()> 
 /// asking Redis before answering; whatever the answer, it is the truth.
 #[test]
 fn redis_busy_past_the_timeout_never_hides_a_sale() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let text = redis_timeout(
-        &config(
-            &redis,
-            "request_timeout_ms = 3000",
-            "rate = 0",
-            "nodes = 1\nfactor = 1.0",
-        ),
-        200,
-    ) + "[breaker]\nfailures = 1000\n";
-    let s = Seckill::start_ready(&text);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let mut c = config(&redis);
+    c.server.request_timeout_ms = 3000;
+    c.redis.timeout_ms = 200;
+    c.breaker.failures = 1000;
+    let s = Seckill::start_ready(&c);
     // The worker's connection exists, so the next attempt is sent on it.
     s.client()
         .buy("u0", "e1", "g1")
@@ -308,14 +272,12 @@ fn redis_busy_past_the_timeout_never_hides_a_sale() {
 /// batch: the first batch, then one more for all that came meanwhile.
 #[test]
 fn result_lookups_while_redis_hangs_wait_one_timeout_not_one_each() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
     // A breaker that never opens here: this test is about the batches.
-    let text = redis_timeout(
-        &config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0"),
-        1000,
-    ) + "[breaker]\nfailures = 1000\n";
-    let s = Seckill::start_ready(&text);
+    let mut c = config(&redis);
+    c.redis.timeout_ms = 1000;
+    c.breaker.failures = 1000;
+    let s = Seckill::start_ready(&c);
     // PAUSE ALL holds every command, CLIENT UNPAUSE too: it ends on its
     // own, after the test (which kills the server first).
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "8000", "ALL"]);
@@ -348,13 +310,12 @@ fn result_lookups_while_redis_hangs_wait_one_timeout_not_one_each() {
 /// the event loop answers them 1002 at once, keeping the connection.
 #[test]
 fn result_lookups_open_the_breaker_and_are_refused_on_the_loop() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let text = redis_timeout(
-        &config(&redis, "", "rate = 0", "nodes = 1\nfactor = 1.0"),
-        300,
-    ) + "[breaker]\nfailures = 1\nprobe_ms = 60000\n";
-    let s = Seckill::start_ready(&text);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let mut c = config(&redis);
+    c.redis.timeout_ms = 300;
+    c.breaker.failures = 1;
+    c.breaker.probe_ms = 60_000;
+    let s = Seckill::start_ready(&c);
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "5000", "ALL"]);
     let auth = format!("Bearer {}", support::token("u1"));
     let path = "/shop/result?event_id=e1&goods_id=g1";
@@ -373,19 +334,14 @@ fn result_lookups_open_the_breaker_and_are_refused_on_the_loop() {
 /// logged once and counted; the rest stays live.
 #[test]
 fn one_bad_key_costs_only_its_goods() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
     redis.seed("e2", &[("g1", 5)], 0, FAR);
-    let s = start(&redis, "", "");
-    assert!(s.wait_for_event("e2", Duration::from_secs(3)));
+    let s = Seckill::start_ready(&config(&redis));
+    s.wait_for_event("e2", Duration::from_secs(3));
     let _: i64 = redis.cmd(&["DEL", "seckill:{e2:g1}:stock"]);
     let _: i64 = redis.cmd(&["HSET", "seckill:{e2:g1}:stock", "a", "b"]);
     let _: i64 = redis.cmd(&["HSET", "seckill:events", "e9", "{not json"]);
-    assert!(
-        s.wait_metric("seckill_catalog_skipped 2", Duration::from_secs(2)),
-        "{}",
-        s.metrics()
-    );
+    s.wait_metric("seckill_catalog_skipped 2", Duration::from_secs(2));
     s.client()
         .get("/readyz", None)
         .assert(200, 0, "ok", "keep-alive");
@@ -394,23 +350,22 @@ fn one_bad_key_costs_only_its_goods() {
         .assert(404, 4004, "not found", "keep-alive");
     // The rest is live: a new event appears, a sale shows in stock_left.
     redis.seed("e3", &[("g1", 5)], 0, FAR);
-    assert!(s.wait_for_event("e3", Duration::from_secs(1)));
+    s.wait_for_event("e3", Duration::from_secs(1));
     s.client()
         .buy("u1", "e1", "g1")
         .assert(200, 0, "ok", "close");
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let r = s.client().get("/event/info?event_id=e1", None);
-        if r.json()["data"]["goods"][0]["stock_left"] == 4 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "stock_left went stale: {r:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(1),
+        "e1's stock_left shows the sale",
+        || {
+            let r = s.client().get("/event/info?event_id=e1", None);
+            r.json()["data"]["goods"][0]["stock_left"] == 4
+        },
+    );
     // Fixed, the goods is back.
     let _: i64 = redis.cmd(&["DEL", "seckill:{e2:g1}:stock"]);
     let _: () = redis.cmd(&["SET", "seckill:{e2:g1}:stock", "5"]);
-    assert!(s.wait_metric("seckill_catalog_skipped 1", Duration::from_secs(1)));
+    s.wait_metric("seckill_catalog_skipped 1", Duration::from_secs(1));
     s.client()
         .buy("u1", "e2", "g1")
         .assert(200, 0, "ok", "close");

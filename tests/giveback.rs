@@ -11,33 +11,35 @@ mod support;
 
 use std::time::Duration;
 
-use support::{
-    buy_bytes, config, hold_worker, redis_timeout, release_worker, Client, RedisServer, Seckill,
-};
+use seckill::config::Config;
+use support::{buy_bytes, config, hold_worker, release_worker, shop, Client, RedisServer, Seckill};
 
-const FAR: u64 = 4_102_444_800;
+/// The test config, with Redis calls that wait out `hold_worker`'s pause.
+fn held(redis: &RedisServer) -> Config {
+    let mut c = config(redis);
+    c.redis.timeout_ms = 20_000;
+    c
+}
 
-fn start(redis: &RedisServer, server: &str, queue: &str) -> Seckill {
-    let cfg = redis_timeout(
-        &config(redis, server, queue, "nodes = 1\nfactor = 1.0"),
-        20000,
-    );
-    Seckill::start_ready(&cfg)
+/// `held`, with one token at a time: right after an attempt takes it
+/// there is none to spare, so the next ones wait in the queue instead of
+/// joining its batch.
+fn paced(redis: &RedisServer) -> Config {
+    let mut c = held(redis);
+    shop(&mut c).rate = 20;
+    shop(&mut c).burst = 1;
+    c
 }
 
 /// Waits until `/metrics` shows `line` (a readiness check, not a sleep).
 fn wait_metric(s: &Seckill, line: &str) {
-    assert!(
-        s.wait_metric(line, Duration::from_secs(5)),
-        "metric line {line:?} never appeared"
-    );
+    s.wait_metric(line, Duration::from_secs(5));
 }
 
 #[test]
 fn already_purchased_from_redis_gives_the_unit_back() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 2)], 0, FAR);
-    let s = start(&redis, "", "rate = 0");
+    let redis = RedisServer::with_e1(&[("g1", 2)]);
+    let s = Seckill::start_ready(&held(&redis));
     // Bought elsewhere: Redis knows, this node does not.
     let _: i64 = redis.cmd(&["HSET", "seckill:{e1:g1}:buyers", "x", "1-0"]);
     let mut c = s.client();
@@ -58,9 +60,8 @@ fn already_purchased_from_redis_gives_the_unit_back() {
 
 #[test]
 fn redis_error_gives_the_unit_back() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 1)], 0, FAR);
-    let s = start(&redis, "", "rate = 0");
+    let redis = RedisServer::with_e1(&[("g1", 1)]);
+    let s = Seckill::start_ready(&held(&redis));
     // A buyers key of the wrong type makes the script fail inside Redis.
     let _: () = redis.cmd(&["SET", "seckill:{e1:g1}:buyers", "not a hash"]);
     s.client()
@@ -75,11 +76,12 @@ fn redis_error_gives_the_unit_back() {
 
 #[test]
 fn queue_timeout_answers_1003_and_gives_the_unit_back() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 3)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 3)]);
     // One token at a time: right after u1 takes it there is none to spare, so u2 and
     // u3 cannot join u1's batch; they wait in the queue.
-    let s = start(&redis, "request_timeout_ms = 200", "rate = 20\nburst = 1");
+    let mut c = paced(&redis);
+    c.server.request_timeout_ms = 200;
+    let s = Seckill::start_ready(&c);
     // u1 is in the worker, held; only then do u2 and u3 queue (sent
     // earlier, they could join u1's batch and not wait in the queue).
     let mut u1 = hold_worker(&redis, &s, "u1", "g1");
@@ -111,10 +113,11 @@ fn queue_timeout_answers_1003_and_gives_the_unit_back() {
 
 #[test]
 fn full_queue_answers_1004_and_gives_the_unit_back() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 4)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 4)]);
     // One token at a time: u2 cannot join u1's batch, it waits in the queue (size 1).
-    let s = start(&redis, "", "rate = 20\nburst = 1\nsize = 1");
+    let mut c = paced(&redis);
+    shop(&mut c).size = 1;
+    let s = Seckill::start_ready(&c);
     let mut u1 = hold_worker(&redis, &s, "u1", "g1");
     let mut u2 = s.client();
     u2.send(&buy_bytes("u2", "e1", "g1", ""));
@@ -148,9 +151,8 @@ fn full_queue_answers_1004_and_gives_the_unit_back() {
 /// error is counted, and it does not open the breaker for other goods.
 #[test]
 fn wrong_type_orders_key_burns_no_stock() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5), ("g2", 5)], 0, FAR);
-    let s = start(&redis, "", "rate = 0");
+    let redis = RedisServer::with_e1(&[("g1", 5), ("g2", 5)]);
+    let s = Seckill::start_ready(&held(&redis));
     let _: () = redis.cmd(&["SET", "seckill:{e1:g1}:orders", "not a stream"]);
     for i in 0..5 {
         s.client()

@@ -8,11 +8,10 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use seckill::config::Config;
 use support::{
-    config, now_s, raw, redis_timeout, token, token_exp, Client, RedisServer, Seckill, SECRET,
+    config, eventually, now_s, raw, shop, token, token_exp, Client, RedisServer, Seckill, SECRET,
 };
-
-const FAR: u64 = 4_102_444_800;
 
 /// What a hostile request must get.
 #[derive(Debug, Clone, Copy)]
@@ -24,14 +23,12 @@ enum Want {
 }
 use Want::*;
 
-fn server(redis: &RedisServer, extra_server: &str) -> Seckill {
-    let text = config(
-        redis,
-        &format!("max_header_bytes = 1024\nmax_body_bytes = 256\n{extra_server}"),
-        "rate = 0",
-        "nodes = 1\nfactor = 1.0",
-    );
-    Seckill::start_ready(&text)
+/// The test config with small head and body limits, for the battery.
+fn small(redis: &RedisServer) -> Config {
+    let mut c = config(redis);
+    c.server.max_header_bytes = 1024;
+    c.server.max_body_bytes = 256;
+    c
 }
 
 fn cart(auth: &str, body: &str) -> Vec<u8> {
@@ -124,9 +121,8 @@ fn battery() -> Vec<(&'static str, Vec<u8>, Want)> {
 
 #[test]
 fn hostile_battery_gets_its_4xx_or_a_close_and_harms_no_one() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
-    let s = server(&redis, "");
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
+    let s = Seckill::start_ready(&small(&redis));
     let cases = battery();
     assert!(cases.len() >= 40, "the battery has {} cases", cases.len());
     for (name, bytes, want) in cases {
@@ -161,9 +157,8 @@ fn hostile_battery_gets_its_4xx_or_a_close_and_harms_no_one() {
 
 #[test]
 fn garbage_after_a_good_request_answers_both_then_closes() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
-    let s = server(&redis, "");
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
+    let s = Seckill::start_ready(&small(&redis));
     let mut c = s.client();
     let mut bytes = raw("GET", "/healthz", None, None, "");
     bytes.extend_from_slice(b"\x16\x03\x01 not http\r\n\r\n");
@@ -175,9 +170,10 @@ fn garbage_after_a_good_request_answers_both_then_closes() {
 
 #[test]
 fn trickled_request_gets_408_at_the_read_timeout() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
-    let s = server(&redis, "read_timeout_ms = 400");
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
+    let mut c = small(&redis);
+    c.server.read_timeout_ms = 400;
+    let s = Seckill::start_ready(&c);
     let mut c = s.client();
     // Be the slow client: one byte every 50 ms, never finishing the head.
     for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaa" {
@@ -195,9 +191,8 @@ fn trickled_request_gets_408_at_the_read_timeout() {
 
 #[test]
 fn thousands_of_idle_connections_do_not_stop_others() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
-    let s = server(&redis, "");
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
+    let s = Seckill::start_ready(&small(&redis));
     let idle: Vec<Client> = (0..3000).map(|_| s.client()).collect();
     // Half of them have sent half a request.
     let mut idle = idle;
@@ -211,18 +206,11 @@ fn thousands_of_idle_connections_do_not_stop_others() {
     }
     // The loops take a bounded number of accepts per turn (no connection
     // or listener holds a loop), so the count may trail the connects.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let open = s.metric("seckill_open_connections");
-        if open > 3000.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the idle connections are held: {open}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the server holds the 3000 idle connections",
+        || s.metric("seckill_open_connections") > 3000.0,
+    );
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -238,9 +226,10 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn connections_over_max_are_closed_without_busy_looping() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
-    let s = server(&redis, "max_connections = 10");
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
+    let mut c = small(&redis);
+    c.server.max_connections = 10;
+    let s = Seckill::start_ready(&c);
     let mut held = vec![s.sole_client()];
     held.extend((0..9).map(|_| s.client()));
     for c in &mut held {
@@ -282,7 +271,9 @@ fn start_up_raises_a_low_open_file_limit() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("config.toml");
-    std::fs::write(&path, config(&redis, "max_connections = 5000", "", "")).expect("write config");
+    let mut c = config(&redis);
+    c.server.max_connections = 5000;
+    std::fs::write(&path, toml::to_string(&c).expect("toml")).expect("write config");
     // Started the way many systems start services: a soft limit of 256.
     let mut child = std::process::Command::new("bash")
         .arg("-c")
@@ -352,15 +343,9 @@ impl Hog {
 
     /// Waits until it has been served `bytes`.
     fn wait_served(&self, bytes: usize) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.read.load(std::sync::atomic::Ordering::Relaxed) < bytes {
-            assert!(
-                Instant::now() < deadline,
-                "the hog was never served: {} bytes",
-                self.read.load(std::sync::atomic::Ordering::Relaxed)
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually(Duration::from_secs(5), "the hog is served", || {
+            self.read.load(std::sync::atomic::Ordering::Relaxed) >= bytes
+        });
     }
 
     /// Waits for its threads (they end when the server closes).
@@ -380,10 +365,12 @@ impl Hog {
 /// the ready list (a copy more each turn would double its share every turn).
 #[test]
 fn pipelining_hog_cannot_hold_a_loop() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
     // One loop: the hogs and the others share it.
-    let s = server(&redis, "threads = 1\nrequest_timeout_ms = 1000");
+    let mut c = small(&redis);
+    c.server.threads = 1;
+    c.server.request_timeout_ms = 1000;
+    let s = Seckill::start_ready(&c);
     let hogs = [
         Hog::start(s.addr, "/metrics"),
         Hog::start(s.addr, "/healthz"),
@@ -423,18 +410,13 @@ fn pipelining_hog_cannot_hold_a_loop() {
 /// own limit. Every client socket the process holds now counts.
 #[test]
 fn hijacked_connections_count_against_max_connections() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 10)], 0, FAR);
-    let text = redis_timeout(
-        &config(
-            &redis,
-            "max_connections = 4",
-            "rate = 20\nburst = 1",
-            "nodes = 1\nfactor = 1.0",
-        ),
-        20000,
-    );
-    let s = Seckill::start_ready(&text);
+    let redis = RedisServer::with_e1(&[("g1", 10)]);
+    let mut c = config(&redis);
+    c.server.max_connections = 4;
+    c.redis.timeout_ms = 20_000;
+    shop(&mut c).rate = 20;
+    shop(&mut c).burst = 1;
+    let s = Seckill::start_ready(&c);
     // Three sockets off the loops: one held in the worker, two queued.
     let mut held = vec![support::hold_worker(&redis, &s, "u0", "g1")];
     for uid in ["u1", "u2"] {
@@ -442,23 +424,28 @@ fn hijacked_connections_count_against_max_connections() {
         c.send(&support::buy_bytes(uid, "e1", "g1", ""));
         held.push(c);
     }
-    assert!(s.wait_metric("seckill_queue_depth 2", Duration::from_secs(5)));
+    s.wait_metric("seckill_queue_depth 2", Duration::from_secs(5));
     // The fourth connection fits (once the /metrics connections above are
     // closed on the server's side too) ...
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut fourth = loop {
-        let mut c = s.client();
-        c.send(b"GET /metrics HTTP/1.1\r\n\r\n");
-        if let Some(r) = c.try_read() {
-            assert_eq!(r.status, 200);
+    let mut fourth = None;
+    eventually(
+        Duration::from_secs(5),
+        "room for a fourth connection",
+        || {
+            let mut c = s.client();
+            c.send(b"GET /metrics HTTP/1.1\r\n\r\n");
+            let Some(r) = c.try_read() else {
+                return false;
+            };
             let text = String::from_utf8_lossy(&r.body).into_owned();
-            if support::metric_value(&text, "seckill_open_connections") == 4.0 {
-                break c;
+            let alone = support::metric_value(&text, "seckill_open_connections") == 4.0;
+            if alone {
+                fourth = Some(c);
             }
-        }
-        assert!(Instant::now() < deadline, "no room for a fourth connection");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+            alone
+        },
+    );
+    let mut fourth = fourth.expect("the fourth connection");
     // ... a fifth does not: the hijacked three hold their slots.
     let mut fifth = s.client();
     fifth.send(b"GET /healthz HTTP/1.1\r\n\r\n");
@@ -484,9 +471,16 @@ fn lowest_free_fd(pid: u32) -> u64 {
     (0..).find(|n| !used.contains(n)).unwrap_or(0)
 }
 
+/// The test config with one loop.
+fn one_loop(redis: &RedisServer) -> Config {
+    let mut c = config(redis);
+    c.server.threads = 1;
+    c
+}
+
 /// A `seckill serve` child with stderr piped into a channel of lines.
 fn serve_logging(
-    config_text: &str,
+    config: &Config,
     shell_prefix: &str,
 ) -> (
     std::process::Child,
@@ -496,7 +490,7 @@ fn serve_logging(
 ) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("config.toml");
-    std::fs::write(&path, config_text).expect("write config");
+    std::fs::write(&path, toml::to_string(config).expect("toml")).expect("write config");
     let mut child = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!(
@@ -550,9 +544,8 @@ fn wait_log(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
 /// after descriptors were free). A timer now tries again.
 #[test]
 fn accept_retries_after_running_out_of_descriptors() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
-    let (mut child, log, addr, _dir) = serve_logging(&config(&redis, "threads = 1", "", ""), "");
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
+    let (mut child, log, addr, _dir) = serve_logging(&one_loop(&redis), "");
     let pid = child.id();
     let limits = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("limits");
     let (mut soft_before, mut hard_before) = (0, 0);
@@ -593,10 +586,13 @@ fn accept_retries_after_running_out_of_descriptors() {
 /// Start-up now warns and clamps `max_connections` to what fits.
 #[test]
 fn max_connections_is_clamped_to_the_open_file_limit() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g0", 0)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g0", 0)]);
     let (mut child, log, addr, _dir) = serve_logging(
-        &config(&redis, "threads = 1\nmax_connections = 100000", "", ""),
+        &{
+            let mut c = one_loop(&redis);
+            c.server.max_connections = 100_000;
+            c
+        },
         "ulimit -n 256 && ",
     );
     let line = wait_log(&log, "does not fit the open-file limit");

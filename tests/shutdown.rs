@@ -6,23 +6,22 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{buy_bytes, config, redis_timeout, Client, RedisServer, Seckill};
-
-const FAR: u64 = 4_102_444_800;
+use support::{buy_bytes, config, eventually, shop, Client, RedisServer, Seckill};
 const CLIENTS: usize = 300;
 
 #[test]
 fn sigterm_answers_every_queued_task_and_exits_0_in_time() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 1000)], 0, FAR);
+    let redis = RedisServer::with_e1(&[("g1", 1000)]);
     // A slow queue: 20 sales a second, so hundreds wait.
-    let s = Seckill::start(&config(
-        &redis,
-        "request_timeout_ms = 2000",
-        "rate = 20\nburst = 1\nsize = 1000",
-        "nodes = 1\nfactor = 1.0",
-    ));
-    assert!(s.wait_for_event("e1", Duration::from_secs(3)));
+    let mut c = config(&redis);
+    c.server.request_timeout_ms = 2000;
+    *shop(&mut c) = seckill::config::QueueConfig {
+        rate: 20,
+        burst: 1,
+        size: 1000,
+        ..Default::default()
+    };
+    let s = Seckill::start_ready(&c);
     let mut idle = s.client();
     idle.get("/healthz", None)
         .assert(200, 0, "ok", "keep-alive");
@@ -34,11 +33,9 @@ fn sigterm_answers_every_queued_task_and_exits_0_in_time() {
             c
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while s.metric("seckill_queue_depth") < 250.0 {
-        assert!(Instant::now() < deadline, "the queue never filled");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(5), "the queue fills", || {
+        s.metric("seckill_queue_depth") >= 250.0
+    });
 
     let started = Instant::now();
     let code = s.terminate();
@@ -78,18 +75,11 @@ fn sigterm_answers_every_queued_task_and_exits_0_in_time() {
 /// request already read is now answered before exit.
 #[test]
 fn sigterm_answers_result_lookups_waiting_on_redis() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let text = redis_timeout(
-        &config(
-            &redis,
-            "request_timeout_ms = 2000",
-            "rate = 0",
-            "nodes = 1\nfactor = 1.0",
-        ),
-        500,
-    );
-    let s = Seckill::start_ready(&text);
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let mut c = config(&redis);
+    c.server.request_timeout_ms = 2000;
+    c.redis.timeout_ms = 500;
+    let s = Seckill::start_ready(&c);
     // Ends on its own (PAUSE ALL holds CLIENT UNPAUSE too).
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "4000", "ALL"]);
     let mut askers: Vec<Client> = (0..3)
@@ -106,7 +96,7 @@ fn sigterm_answers_result_lookups_waiting_on_redis() {
             c
         })
         .collect();
-    assert!(s.wait_metric("seckill_lookups_waiting 3", Duration::from_secs(5)));
+    s.wait_metric("seckill_lookups_waiting 3", Duration::from_secs(5));
     let started = Instant::now();
     let code = s.terminate();
     let took = started.elapsed();
@@ -127,9 +117,8 @@ fn sigterm_answers_result_lookups_waiting_on_redis() {
 /// served is closed at once.
 #[test]
 fn connection_accepted_at_sigterm_gets_a_grace_to_send() {
-    let redis = RedisServer::start();
-    redis.seed("e1", &[("g1", 5)], 0, FAR);
-    let s = Seckill::start_ready(&config(&redis, "", "", ""));
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let s = Seckill::start_ready(&config(&redis));
     let mut served = s.client();
     served
         .get("/healthz", None)

@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use seckill::config::{Config, QueueConfig, SHOP_QUEUE};
+
 /// Every socket read or write in a test gives up after this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SECRET: &str = "test-secret";
@@ -123,6 +125,14 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
     }
 
+    /// A server with event e1 holding `goods` (id, stock), open from 0 to
+    /// `FAR`.
+    pub fn with_e1(goods: &[(&str, i64)]) -> RedisServer {
+        let redis = RedisServer::start();
+        redis.seed("e1", goods, 0, FAR);
+        redis
+    }
+
     /// Writes an event the way other tools do (SPEC §3): stock keys and the
     /// event JSON, without going through the admin API.
     pub fn seed(&self, event_id: &str, goods: &[(&str, i64)], start_at: u64, end_at: u64) {
@@ -189,43 +199,59 @@ pub struct Seckill {
     dir: tempfile::TempDir,
 }
 
-/// The config every test server starts from; `extra` is TOML appended
-/// section by section (later keys of the same section are merged by hand).
-pub fn config(redis: &RedisServer, server: &str, queue: &str, stock: &str) -> String {
-    // `threads = N` in `server` replaces the default of 2.
-    let threads = if server.contains("threads") {
-        ""
-    } else {
-        "threads = 2\n"
-    };
-    format!(
-        "[server]\nbind = \"127.0.0.1:0\"\n{threads}{server}\n\
-         [admin]\nbind = \"127.0.0.1:0\"\nkey = \"{ADMIN_KEY}\"\n\
-         [auth]\nsecret = \"{SECRET}\"\n\
-         [redis]\nurl = \"{}\"\n\
-         [queue.shop]\ntype = \"memory\"\n{queue}\n\
-         [stock]\n{stock}\n",
-        redis.url()
-    )
+/// Far in the future: the `end_at` of events that do not end in a test.
+pub const FAR: u64 = 4_102_444_800;
+
+/// The config every test server starts from, as the server's own typed
+/// `Config`: both listeners on loopback port 0, this harness's secret and
+/// admin key, `redis`, two loops, an unpaced queue (rate 0) and one node
+/// holding the whole stock (nodes 1, factor 1). A test changes the fields
+/// it cares about; `Seckill::start` writes it out as TOML.
+pub fn config(redis: &RedisServer) -> Config {
+    let mut c = Config::default();
+    c.server.bind = "127.0.0.1:0".parse().expect("addr");
+    c.server.threads = 2;
+    c.admin.bind = "127.0.0.1:0".parse().expect("addr");
+    c.admin.key = ADMIN_KEY.to_string();
+    c.auth.secret = SECRET.to_string();
+    c.redis.url = redis.url();
+    shop(&mut c).rate = 0;
+    c.stock.nodes = 1;
+    c.stock.factor = 1.0;
+    c
 }
 
-/// `text` (from `config`) with `[redis] timeout_ms` set.
-pub fn redis_timeout(text: &str, ms: u64) -> String {
-    text.replace("[redis]\n", &format!("[redis]\ntimeout_ms = {ms}\n"))
+/// The `[queue.shop]` section of `c`.
+pub fn shop(c: &mut Config) -> &mut QueueConfig {
+    c.queue.entry(SHOP_QUEUE.to_string()).or_default()
+}
+
+/// Polls `ready` (every 5 ms) until it says true; fails the test, naming
+/// `what`, after `within`. The one way tests wait: for a state, never for
+/// a time.
+pub fn eventually(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 impl Seckill {
     /// Starts, and waits until it serves event e1.
-    pub fn start_ready(config_text: &str) -> Seckill {
-        let s = Seckill::start(config_text);
-        assert!(
-            s.wait_for_event("e1", Duration::from_secs(3)),
-            "server never saw event e1"
-        );
+    pub fn start_ready(config: &Config) -> Seckill {
+        let s = Seckill::start(config);
+        s.wait_for_event("e1", Duration::from_secs(3));
         s
     }
 
-    pub fn start(config_text: &str) -> Seckill {
+    /// Starts `seckill serve` with `config`.
+    pub fn start(config: &Config) -> Seckill {
+        Seckill::start_text(&toml::to_string(config).expect("config as TOML"))
+    }
+
+    /// Starts `seckill serve` with a config file holding `config_text`.
+    pub fn start_text(config_text: &str) -> Seckill {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config_text).expect("write config");
@@ -300,19 +326,14 @@ impl Seckill {
         Client::connect(self.admin)
     }
 
-    /// Waits (polling, up to `within`) until `/event/info` shows the event.
-    pub fn wait_for_event(&self, event_id: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            let r = self
-                .client()
-                .get(&format!("/event/info?event_id={event_id}"), None);
-            if r.code() == 0 {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+    /// Waits until `/event/info` shows the event; fails after `within`.
+    pub fn wait_for_event(&self, event_id: &str, within: Duration) {
+        let path = format!("/event/info?event_id={event_id}");
+        eventually(
+            within,
+            &format!("the server shows event {event_id}"),
+            || self.client().get(&path, None).code() == 0,
+        );
     }
 
     /// The `/metrics` text.
@@ -325,17 +346,19 @@ impl Seckill {
         metric_value(&self.metrics(), name)
     }
 
-    /// Polls `/metrics` until a line equals `line` (a readiness check, not
-    /// a sleep); false after `within`.
-    pub fn wait_metric(&self, line: &str, within: Duration) -> bool {
+    /// Waits until a line of `/metrics` equals `line`; fails after
+    /// `within`, showing the metrics.
+    pub fn wait_metric(&self, line: &str, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if self.metrics().lines().any(|l| l == line) {
-                return true;
+            let text = self.metrics();
+            if text.lines().any(|l| l == line) {
+                return;
             }
-            if Instant::now() >= deadline {
-                return false;
-            }
+            assert!(
+                Instant::now() < deadline,
+                "no line {line:?} in /metrics within {within:?}:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -376,14 +399,16 @@ impl Drop for Seckill {
 /// 15 s at most, should the test fail first), sends `uid`'s attempt for
 /// e1/`goods` and waits until `/metrics` shows the worker took its token.
 /// The worker then waits on Redis until `release_worker`. Returns the
-/// attempt's connection, whose answer comes after the release.
+/// attempt's connection, whose answer comes after the release. May be used
+/// again on the same server once released.
 pub fn hold_worker(redis: &RedisServer, s: &Seckill, uid: &str, goods: &str) -> Client {
+    let spent = s.metric("seckill_tokens_spent_total");
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "15000", "WRITE"]);
     let mut c = s.client();
     c.send(&buy_bytes(uid, "e1", goods, ""));
-    assert!(
-        s.wait_metric("seckill_tokens_spent_total 1", Duration::from_secs(5)),
-        "the held attempt never reached the worker"
+    s.wait_metric(
+        &format!("seckill_tokens_spent_total {}", spent + 1.0),
+        Duration::from_secs(5),
     );
     c
 }
