@@ -1,10 +1,12 @@
-//! Stage 3 of 8 (validation): a cart-add body -> a checked `Attempt`.
+//! Stage 3 of 8 (validation): a cart-add body -> checked ids.
 //!
-//! In: the authenticated uid and the request body
-//! `{"event_id":E,"goods_id":G}`. Out: an `Attempt` with every id checked
-//! against `[A-Za-z0-9_-]{1,64}`, or `BadAttempt` (4000).
-//! Invariants: once an `Attempt` exists its ids are safe to put in a Redis key
-//! (no `{`, `}` or `:` can forge another goods' hash tag).
+//! In: the request body `{"event_id":E,"goods_id":G}`. Out: `parse_ids`
+//! gives the two ids, borrowed from the body and checked against
+//! `[A-Za-z0-9_-]{1,64}`, or `BadAttempt` (4000). The owned `Attempt`
+//! (uid, event, goods) is built only for a request that may win, when it
+//! leaves the loop: the reject path allocates nothing.
+//! Invariants: ids that passed are safe to put in a Redis key (no `{`, `}`
+//! or `:` can forge another goods' hash tag), and so is every `Attempt`.
 //! Never: looks at stock or Redis.
 
 use serde::Deserialize;

@@ -8,9 +8,11 @@
 //! Invariants:
 //! - a share never goes below zero: taking is a compare-and-swap that stops
 //!   at zero, so "no stock" costs nothing to give back;
-//! - every `Lease` ends exactly once: `commit` (a sale), `sold_out` (Redis
-//!   said no stock: the share drops to zero) or drop (anything else: the unit
-//!   goes back and the uid leaves the queued list);
+//! - every `Lease` ends exactly once: `commit` (a sale), `already_bought`
+//!   (Redis says the uid bought before: the unit goes back, the uid is
+//!   remembered), `sold_out` (Redis said no stock: the share drops to zero)
+//!   or drop (anything else: the unit goes back and the uid leaves the
+//!   queued list);
 //! - a uid this node sold to, or whose attempt is still queued, never takes
 //!   from the share again.
 //!
@@ -176,8 +178,9 @@ impl Stock {
 
 /// One unit of a share, held by an attempt on its way to Redis.
 ///
-/// Ends as `commit` (sold), `sold_out` (Redis has none: the share drops to
-/// zero) or, when dropped, gives its unit back. The drop is the last line of
+/// Ends as `commit` (sold), `already_bought` (unit back, uid remembered),
+/// `sold_out` (Redis has none: the share drops to zero) or, when dropped,
+/// gives its unit back. The drop is the last line of
 /// "nothing lost": a task dropped on any path returns its stock.
 #[derive(Debug)]
 pub struct Lease {
