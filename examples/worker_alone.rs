@@ -58,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let (linger, _linger_thread) = Linger::start()?;
-    let slots = Slots::new(usize::MAX, Metrics::default());
+    let slots = Slots::new(usize::MAX);
     let (mut total, mut took) = (0usize, Duration::ZERO);
     for round in 0..rounds {
         let cfg = QueueConfig {
@@ -112,7 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         worker.run();
         let elapsed = started.elapsed();
-        let won = metrics.render(0, false);
+        let won = metrics.render(0, false, 0);
         let wins = won
             .lines()
             .find_map(|l| l.strip_prefix("seckill_worker_responses_total{code=\"0\"} "))

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::valid_id;
 use crate::keys::{self, GoodsKeys};
 use crate::metrics::Metrics;
-use crate::redis_conn::{connect, LazyConn, TripError};
+use crate::redis_conn::{connect, LazyConn};
 use crate::stock::Stock;
 
 /// How often the catalog is re-read even without a pub/sub message.
@@ -232,7 +232,7 @@ fn read(
         Vec::new()
     } else {
         conn.round_trip(&pipe, None)
-            .map_err(|(TripError::NotSent(e) | TripError::Lost(e))| e)?
+            .map_err(redis::RedisError::from)?
     };
     let mut replies = replies.into_iter();
     let mut stocks = Vec::new();

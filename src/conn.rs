@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use crate::metrics::Metrics;
-
 /// Bytes read from the socket per `read` call.
 pub const READ_CHUNK: usize = 4096;
 /// Unflushed answer bytes past which the connection stops parsing.
@@ -48,8 +46,9 @@ pub enum ReadOutcome {
     Failed,
 }
 
-/// The connection count shared by every holder of a client socket.
-/// Cheap to clone: a handle to shared state.
+/// The connection count shared by every holder of a client socket (and
+/// shown as `seckill_open_connections`). Cheap to clone: a handle to
+/// shared state.
 #[derive(Debug, Clone)]
 pub struct Slots(Arc<SlotsInner>);
 
@@ -58,16 +57,14 @@ struct SlotsInner {
     // INVARIANT: the number of live `Slot`s of this `Slots`, at most `max`.
     held: AtomicUsize,
     max: usize,
-    metrics: Metrics,
 }
 
 impl Slots {
-    /// At most `max` slots at once; `seckill_open_connections` follows.
-    pub fn new(max: usize, metrics: Metrics) -> Self {
+    /// At most `max` slots at once.
+    pub fn new(max: usize) -> Self {
         Slots(Arc::new(SlotsInner {
             held: AtomicUsize::new(0),
             max,
-            metrics,
         }))
     }
 
@@ -80,7 +77,6 @@ impl Slots {
                 (n < inner.max).then_some(n + 1)
             })
             .ok()?;
-        inner.metrics.connections(1);
         Some(Slot(self.clone()))
     }
 
@@ -97,9 +93,7 @@ pub struct Slot(Slots);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let inner = &(self.0).0;
-        inner.held.fetch_sub(1, Ordering::AcqRel);
-        inner.metrics.connections(-1);
+        (self.0).0.held.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -234,7 +234,7 @@ impl Deducter {
         let replies = self
             .resolver
             .round_trip(&pipe, until)
-            .map_err(|(TripError::NotSent(e) | TripError::Lost(e))| e)?;
+            .map_err(RedisError::from)?;
         let (kills, lookups) = replies.split_at(dead.len().min(replies.len()));
         for (d, kill) in dead.iter().zip(kills) {
             // The count killed: 1 now, 0 when it was already gone. Either

@@ -422,10 +422,12 @@ impl<S: Service> EventLoop<S> {
         let next = self.step(key);
         // Keep, Again: a half-read request and unsent bytes stay with the
         // connection. Hijack: unsent bytes travel with the task. Close: none.
-        let pipelined = self
-            .conns
-            .get(key)
-            .is_some_and(|c| !c.bufs.unparsed().is_empty());
+        // Read before `reclaim` takes the read buffer back.
+        let pipelined = matches!(next, Next::Hijack(_))
+            && self
+                .conns
+                .get(key)
+                .is_some_and(|c| !c.bufs.unparsed().is_empty());
         match next {
             Next::Keep | Next::Again => self.reclaim(key, true, true),
             Next::Hijack(_) => self.reclaim(key, false, true),

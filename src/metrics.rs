@@ -64,7 +64,6 @@ struct Inner {
     rtt_buckets: [AtomicU64; RTT_BUCKETS.len()],
     rtt_count: AtomicU64,
     rtt_sum_us: AtomicU64,
-    open_connections: AtomicI64,
     deduct_errors: AtomicU64,
     unresolved: AtomicU64,
     catalog_skipped: AtomicI64,
@@ -84,7 +83,6 @@ impl Default for Metrics {
             rtt_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             rtt_count: AtomicU64::new(0),
             rtt_sum_us: AtomicU64::new(0),
-            open_connections: AtomicI64::new(0),
             deduct_errors: AtomicU64::new(0),
             unresolved: AtomicU64::new(0),
             catalog_skipped: AtomicI64::new(0),
@@ -136,11 +134,6 @@ impl Metrics {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// A connection opened (+1) or closed (-1).
-    pub fn connections(&self, delta: i64) {
-        self.0.open_connections.fetch_add(delta, Ordering::Relaxed);
-    }
-
     /// Counts a deduct the script refused for a bad key of its goods.
     pub fn deduct_error(&self) {
         self.0.deduct_errors.fetch_add(1, Ordering::Relaxed);
@@ -164,14 +157,14 @@ impl Metrics {
         self.0.lookups_waiting.fetch_add(delta, Ordering::Relaxed);
     }
 
-    /// Open connections now.
-    pub fn open_connections(&self) -> i64 {
-        self.0.open_connections.load(Ordering::Relaxed)
-    }
-
-    /// The exposition text; the queue depth and breaker state are read by
-    /// the caller, who owns those handles.
-    pub fn render(&self, queue_depth: usize, breaker_open: bool) -> String {
+    /// The exposition text; the queue depth, the breaker state and the
+    /// open connections are read by the caller, who owns those handles.
+    pub fn render(
+        &self,
+        queue_depth: usize,
+        breaker_open: bool,
+        open_connections: usize,
+    ) -> String {
         let m = &self.0;
         let mut s = String::with_capacity(4096);
         s.push_str(
@@ -228,7 +221,7 @@ impl Metrics {
             "seckill_open_connections",
             "gauge",
             "Client connections the process holds: on the event loops and hijacked (queued, answering, lingering).",
-            m.open_connections.load(Ordering::Relaxed),
+            open_connections,
         );
         s.push_str(
             "# HELP seckill_redis_round_trip_seconds Deduct round trips seen by the worker.\n",

@@ -26,6 +26,7 @@ use crate::catalog::{Catalog, EventDef, Snapshot};
 use crate::clock::SystemClock;
 use crate::codes::Code;
 use crate::config::QueueConfig;
+use crate::conn::Slots;
 use crate::hijack::{Hijacked, Task};
 use crate::http::parse::{query_param, Request};
 use crate::http::response::{self, Extra};
@@ -81,6 +82,8 @@ pub struct Public {
     pub blacklist: Blacklist,
     /// Counters.
     pub metrics: Metrics,
+    /// The client connections the process holds (for `/metrics`).
+    pub slots: Slots,
 }
 
 fn label(route: &Result<Route<'_>, RouteError>) -> RouteLabel {
@@ -216,6 +219,7 @@ impl Public {
             breaker,
             blacklist: Blacklist::new(),
             metrics: Metrics::default(),
+            slots: Slots::new(usize::MAX),
         };
         Ok((service, consumer))
     }
@@ -269,9 +273,11 @@ impl Service for Public {
             Ok(Route::Readyz) => (Code::NotReady, Extra::None),
             Ok(Route::Metrics) => {
                 self.metrics.count(lbl, Code::Ok);
-                let mut body = self
-                    .metrics
-                    .render(self.queue.depth(), self.breaker.is_open());
+                let mut body = self.metrics.render(
+                    self.queue.depth(),
+                    self.breaker.is_open(),
+                    self.slots.held(),
+                );
                 self.stock.write_metrics(&mut body);
                 response::write_raw(
                     out,

@@ -59,6 +59,14 @@ pub enum TripError {
     Lost(RedisError),
 }
 
+impl From<TripError> for RedisError {
+    fn from(e: TripError) -> Self {
+        match e {
+            TripError::NotSent(e) | TripError::Lost(e) => e,
+        }
+    }
+}
+
 /// Re-arm the read timeout only when it is this far off the time left, so
 /// a fast round trip makes no extra system call.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
@@ -152,7 +160,7 @@ impl LazyConn {
     }
 
     /// The connection; a new one must be made within `within`.
-    fn get_within(&mut self, within: Duration) -> RedisResult<&mut Connection> {
+    fn get_within(&mut self, within: Duration) -> RedisResult<()> {
         if self.conn.is_none() {
             let within = within.min(self.timeout);
             let deadline = Instant::now() + within;
@@ -179,10 +187,7 @@ impl LazyConn {
             }
             self.conn = Some(conn);
         }
-        match self.conn {
-            Some(ref mut c) => Ok(c),
-            None => Err(RedisError::from((ErrorKind::Io, "not connected"))),
-        }
+        Ok(())
     }
 
     /// Sends every command of `pipe` (which must not be `atomic`) and reads

@@ -212,7 +212,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         read_timeout: config.server.read_timeout(),
         keepalive_timeout: config.server.keepalive_timeout(),
     };
-    let slots = Slots::new(max_connections, metrics.clone());
+    let slots = Slots::new(max_connections);
     let first = listener(config.server.bind, threads > 1)
         .map_err(|e| format!("server.bind {}: {e}", config.server.bind))?;
     let public_addr = first
@@ -241,6 +241,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
             breaker: breaker.clone(),
             blacklist: blacklist.clone(),
             metrics: metrics.clone(),
+            slots: slots.clone(),
         };
         let ev = EventLoop::new(
             l,
@@ -276,7 +277,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         admin_listener,
         admin,
         loop_config,
-        Slots::new(ADMIN_CONNECTIONS, Metrics::default()),
+        Slots::new(ADMIN_CONNECTIONS),
         clock.clone(),
         linger,
         shutdown.clone(),
