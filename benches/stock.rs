@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use seckill::stock::{Stock, Take};
+use seckill::stock::{NoLease, Stock};
 
 fn bench(c: &mut Criterion) {
     let stock = Stock::new(1, 1.0);
@@ -16,14 +16,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             matches!(
                 stock.try_take(black_box("e1"), black_box("sold"), black_box("u123456")),
-                Take::NoStock
+                Err(NoLease::NoStock)
             )
         })
     });
     g.bench_function("lease_and_give_back", |b| {
         b.iter(
             || match stock.try_take("e1", "open", black_box("u123456")) {
-                Take::Lease(lease) => drop(black_box(lease)),
+                Ok(lease) => drop(black_box(lease)),
                 other => panic!("{other:?}"),
             },
         )

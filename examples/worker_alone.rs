@@ -25,7 +25,7 @@ use seckill::linger::Linger;
 use seckill::metrics::Metrics;
 use seckill::queue;
 use seckill::shutdown::Shutdown;
-use seckill::stock::{Stock, Take};
+use seckill::stock::Stock;
 use seckill::worker::Worker;
 
 /// The worker alone, with its queue kept full.
@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (server_side, _) = listener.accept()?;
             server_side.set_nonblocking(true)?;
             let uid = format!("w{round}x{i}");
-            let Take::Lease(lease) = stock.try_take("e1", &goods, &uid) else {
+            let Ok(lease) = stock.try_take("e1", &goods, &uid) else {
                 return Err("no lease: the memory share ran out".into());
             };
             let task = Task {
@@ -83,6 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Vec::new(),
                     false,
                     linger.clone(),
+                    clock.unix_s(),
                 ),
                 attempt: Attempt {
                     uid,

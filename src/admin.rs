@@ -18,7 +18,6 @@
 //! buyers (SPEC §2).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -28,14 +27,12 @@ use crate::auth::valid_id;
 use crate::catalog::{EventDef, GoodsDef};
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::hijack::Hijacked;
 use crate::http::parse::Request;
-use crate::http::response::Extra;
 use crate::keys::{self, GoodsKeys};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::redis_conn::LazyConn;
 use crate::route::{self, Route, RouteError};
-use crate::service::{reply, Handled, Now, Service};
+use crate::service::{Answer, Now, Reply, Service};
 
 /// The admin listener's service.
 pub struct Admin {
@@ -53,9 +50,18 @@ struct PutBody {
     reset: bool,
 }
 
-/// Why an admin call failed, before it becomes a `Code`.
-enum Fail {
-    Code(Code),
+/// Why an admin call failed (`codes.rs` says which code that is).
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// No such admin route, or a wrong method.
+    Route(RouteError),
+    /// Missing or wrong bearer key.
+    Unauthorized,
+    /// A body or an id that is not acceptable.
+    BadRequest,
+    /// No such event.
+    NotFound,
+    /// Redis failed.
     Redis(redis::RedisError),
 }
 
@@ -105,8 +111,8 @@ impl Admin {
 
     fn put(&mut self, body: &[u8]) -> AdminResult {
         let PutBody { mut def, reset } =
-            serde_json::from_slice(body).map_err(|_| Fail::Code(Code::BadRequest))?;
-        def.check().map_err(|_| Fail::Code(Code::BadRequest))?;
+            serde_json::from_slice(body).map_err(|_| Fail::BadRequest)?;
+        def.check().map_err(|_| Fail::BadRequest)?;
         let old_goods: Vec<GoodsDef> = self
             .stored(&def.event_id)?
             .map(|old| old.goods)
@@ -152,7 +158,7 @@ impl Admin {
                 old_epochs.get(g.goods_id.as_str()).copied().unwrap_or(0)
             };
         }
-        let json = serde_json::to_string(&def).map_err(|_| Fail::Code(Code::BadRequest))?;
+        let json = serde_json::to_string(&def).map_err(|_| Fail::BadRequest)?;
         // The new definition and the dropped goods' keys change together.
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -167,7 +173,7 @@ impl Admin {
     }
 
     fn get(&mut self, event_id: &str) -> AdminResult {
-        let def = self.stored(event_id)?.ok_or(Fail::Code(Code::NotFound))?;
+        let def = self.stored(event_id)?.ok_or(Fail::NotFound)?;
         let conn = self.redis()?;
         let mut pipe = redis::pipe();
         for g in &def.goods {
@@ -198,7 +204,7 @@ impl Admin {
     }
 
     fn delete(&mut self, event_id: &str) -> AdminResult {
-        let def = self.stored(event_id)?.ok_or(Fail::Code(Code::NotFound))?;
+        let def = self.stored(event_id)?.ok_or(Fail::NotFound)?;
         let conn = self.redis()?;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -222,48 +228,27 @@ fn publish(conn: &mut redis::Connection, kind: &str, event_id: &str) -> redis::R
 }
 
 impl Service for Admin {
-    type Claim = Infallible;
-
-    fn handle(
-        &mut self,
-        req: &Request<'_>,
-        now: Now<'_>,
-        out: &mut Vec<u8>,
-    ) -> Handled<Infallible> {
+    fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Answer {
         let result = match route::admin(req.method, req.path) {
-            Err(RouteError::NotFound) => Err(Fail::Code(Code::NotFound)),
-            Err(RouteError::MethodNotAllowed(allow)) => {
-                self.metrics
-                    .count(RouteLabel::Admin, Code::MethodNotAllowed);
-                return reply(
-                    out,
-                    req,
-                    now,
-                    Code::MethodNotAllowed,
-                    None,
-                    Extra::Allow(allow),
-                );
-            }
-            Ok(_) if !self.authorized(req) => Err(Fail::Code(Code::Unauthorized)),
+            Err(e) => Err(Fail::Route(e)),
+            Ok(_) if !self.authorized(req) => Err(Fail::Unauthorized),
             Ok(Route::AdminPut) => self.put(req.body),
             Ok(Route::AdminGet(id)) if valid_id(id.as_bytes()) => self.get(id),
             Ok(Route::AdminDelete(id)) if valid_id(id.as_bytes()) => self.delete(id),
-            Ok(_) => Err(Fail::Code(Code::BadRequest)),
+            Ok(_) => Err(Fail::BadRequest),
         };
-        let (code, data) = match result {
-            Ok(data) => (Code::Ok, data),
-            Err(Fail::Code(code)) => (code, None),
-            Err(Fail::Redis(e)) => {
-                log::warn!("admin: redis failed: {e}");
-                self.conn.failed(&e);
-                (Code::RedisError, None)
+        let reply = match &result {
+            Ok(data) => Reply::json(Code::Ok, data.as_deref()),
+            Err(Fail::Route(e)) => Reply::no_route(*e),
+            Err(fail) => {
+                if let Fail::Redis(e) = fail {
+                    log::warn!("admin: redis failed: {e}");
+                    self.conn.failed(e);
+                }
+                Reply::code(fail)
             }
         };
-        self.metrics.count(RouteLabel::Admin, code);
-        reply(out, req, now, code, data.as_deref(), Extra::None)
-    }
-
-    fn hijack(&mut self, _conn: Hijacked, claim: Infallible) {
-        match claim {}
+        self.metrics.count(RouteLabel::Admin, reply.code);
+        reply.write(out, req, now)
     }
 }

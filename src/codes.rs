@@ -1,8 +1,18 @@
 //! Beside the path: the SPEC §2 code table, and nothing else.
 //!
 //! Every answer the server gives is one `Code`; this file is the only place
-//! that knows its number, HTTP status and `msg`. Stages keep their own error
-//! enums and map them here, so a client only ever sees the SPEC's words.
+//! that knows its number, HTTP status, `msg` and headers, and the only place
+//! that maps a cause to one. Stages keep their own enums (why a request was
+//! refused, what the script decided) and say nothing of codes; the
+//! `From` impls at the bottom turn each into the `Code` a client sees.
+
+use crate::admin::Fail;
+use crate::attempt::BadAttempt;
+use crate::auth::AuthError;
+use crate::deduct::{DeductError, DeductOutcome, Resolved};
+use crate::http::parse::HttpError;
+use crate::route::RouteError;
+use crate::stock::NoLease;
 
 /// One row of the SPEC's code table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,12 +140,109 @@ impl Code {
         }
     }
 
+    /// SPEC §2: these carry `Retry-After: 1` (1004: try again in a second).
+    pub fn retry_after(self) -> bool {
+        matches!(self, Code::Busy)
+    }
+
     /// SPEC §2: after these the server answers `Connection: close` and closes.
     pub fn closes(self) -> bool {
         matches!(
             self,
             Code::BadRequest | Code::ReadTimeout | Code::PayloadTooLarge | Code::HeaderTooLarge
         )
+    }
+}
+
+// # Causes -> codes
+
+/// Stage 2: bytes that are not an acceptable request.
+impl From<HttpError> for Code {
+    fn from(e: HttpError) -> Code {
+        match e {
+            HttpError::Malformed => Code::BadRequest,
+            HttpError::HeadTooLarge => Code::HeaderTooLarge,
+            HttpError::BodyTooLarge => Code::PayloadTooLarge,
+        }
+    }
+}
+
+/// Stage 3: no route (the 405's `Allow` header comes with the error).
+impl From<RouteError> for Code {
+    fn from(e: RouteError) -> Code {
+        match e {
+            RouteError::NotFound => Code::NotFound,
+            RouteError::MethodNotAllowed(_) => Code::MethodNotAllowed,
+        }
+    }
+}
+
+/// Stage 3: every refused token is the same 4001, whatever was wrong.
+impl From<AuthError> for Code {
+    fn from(_: AuthError) -> Code {
+        Code::Unauthorized
+    }
+}
+
+/// Stage 3: a body or an id that is not acceptable.
+impl From<BadAttempt> for Code {
+    fn from(_: BadAttempt) -> Code {
+        Code::BadRequest
+    }
+}
+
+/// Stage 4: why the memory share gave no lease.
+impl From<NoLease> for Code {
+    fn from(n: NoLease) -> Code {
+        match n {
+            NoLease::NoStock => Code::NoStock,
+            NoLease::AlreadyPurchased => Code::AlreadyPurchased,
+            NoLease::Queued => Code::Busy,
+            NoLease::Unknown => Code::NotFound,
+        }
+    }
+}
+
+/// Stage 7: what the deduct script decided.
+impl From<&DeductOutcome> for Code {
+    fn from(o: &DeductOutcome) -> Code {
+        match o {
+            DeductOutcome::Won { .. } => Code::Ok,
+            DeductOutcome::NoStock => Code::NoStock,
+            DeductOutcome::AlreadyPurchased => Code::AlreadyPurchased,
+            DeductOutcome::NotFound => Code::NotFound,
+        }
+    }
+}
+
+/// Stage 7: the deduct failed (an unknown outcome is resolved first).
+impl From<&DeductError> for Code {
+    fn from(_: &DeductError) -> Code {
+        Code::RedisError
+    }
+}
+
+/// Stage 7: what asking after an unknown outcome found.
+impl From<&Resolved> for Code {
+    fn from(r: &Resolved) -> Code {
+        match r {
+            Resolved::Won { .. } => Code::Ok,
+            // Not sold, and nothing sent can run any more: Redis failed.
+            Resolved::NotSold => Code::RedisError,
+        }
+    }
+}
+
+/// The admin listener: why a call failed.
+impl From<&Fail> for Code {
+    fn from(f: &Fail) -> Code {
+        match f {
+            Fail::Route(e) => Code::from(*e),
+            Fail::Unauthorized => Code::Unauthorized,
+            Fail::BadRequest => Code::BadRequest,
+            Fail::NotFound => Code::NotFound,
+            Fail::Redis(_) => Code::RedisError,
+        }
     }
 }
 

@@ -63,12 +63,11 @@ use slab::Slab;
 use crate::clock::Clock;
 use crate::codes::Code;
 use crate::conn::{Buffers, Conn, ReadOutcome, Slots, OUT_HIGH};
-use crate::hijack::Hijacked;
-use crate::http::parse::{self, HttpError, Limits, Parsed};
+use crate::hijack::{Claim, Handoff};
+use crate::http::parse::{self, Limits, Parsed};
 use crate::http::response::DateCache;
-use crate::linger::Linger;
 use crate::metrics::{Metrics, RouteLabel};
-use crate::service::{Handled, Now, Service};
+use crate::service::{Answer, Now, Service};
 use crate::shutdown::Shutdown;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -111,7 +110,9 @@ pub struct EventLoop<S: Service> {
     slots: Slots,
     clock: Arc<dyn Clock>,
     date: DateCache,
-    linger: Linger,
+    // Where claimed connections go; None on a loop whose service never
+    // claims (admin).
+    handoff: Option<Handoff>,
     shutdown: Shutdown,
     metrics: Metrics,
     // Whether the last accept failed (out of descriptors): logged once per
@@ -134,24 +135,18 @@ pub struct EventLoop<S: Service> {
     spare_out: Vec<u8>,
 }
 
-/// What `answer_buffered` did.
-#[derive(Debug)]
-pub enum Progress<C> {
-    /// Nothing complete to answer: read more.
-    Idle,
-    /// Answered at least one request (or refused bad bytes): flush, go on.
-    Answered,
-    /// The service claimed the connection; the request is consumed.
-    Hijack(C),
-}
-
 /// The loop's bytes-in -> bytes-out step, without a socket: answers every
 /// complete request buffered in `bufs`, in order, into `bufs.out`, each
-/// answer taking one unit of `budget`. Stops at a partial request, at a
-/// close (a bad request is answered with its 4xx and `Connection: close`),
-/// at a hijack, when the budget is spent, or while more than `OUT_HIGH`
-/// bytes wait to be flushed. While `now.stopping`, the answer to the last
-/// complete request in the buffer closes the connection.
+/// answer (a bad request's too) taking one unit of `budget`, so a caller
+/// sees it answered something when the budget went down. Stops at a partial
+/// request, at a close (a bad request is answered with its 4xx and
+/// `Connection: close`; `bufs.closing` is set), at a hijack, when the
+/// budget is spent, or while more than `OUT_HIGH` bytes wait to be flushed.
+/// While `now.stopping`, the answer to the last complete request in the
+/// buffer closes the connection.
+///
+/// Returns `Answer::Hijack` with the request consumed, `Answer::Close` once
+/// the connection is closing, else `Answer::Open`.
 pub fn answer_buffered<S: Service>(
     bufs: &mut Buffers,
     service: &mut S,
@@ -159,8 +154,7 @@ pub fn answer_buffered<S: Service>(
     now: Now<'_>,
     metrics: &Metrics,
     budget: &mut usize,
-) -> Progress<S::Claim> {
-    let mut progress = Progress::Idle;
+) -> Answer {
     while *budget > 0
         && !bufs.closing
         && bufs.pending_out() <= OUT_HIGH
@@ -172,10 +166,10 @@ pub fn answer_buffered<S: Service>(
             out,
             ..
         } = &mut *bufs;
-        let parsed = parse::parse(&inbuf[*read_start..], limits);
-        let (handled, len) = match parsed {
+        let (answer, len) = match parse::parse(&inbuf[*read_start..], limits) {
             Ok(Parsed::Partial) => break,
             Ok(Parsed::Complete { mut request, len }) => {
+                *budget -= 1;
                 // Stopping: every request already read is answered, and
                 // the last complete one says `Connection: close`.
                 if now.stopping {
@@ -186,27 +180,26 @@ pub fn answer_buffered<S: Service>(
                 (service.handle(&request, now, out), len)
             }
             Err(e) => {
-                let code = match e {
-                    HttpError::Malformed => Code::BadRequest,
-                    HttpError::HeadTooLarge => Code::HeaderTooLarge,
-                    HttpError::BodyTooLarge => Code::PayloadTooLarge,
-                };
+                *budget -= 1;
+                let code = Code::from(e);
                 metrics.count(RouteLabel::None, code);
                 out.extend_from_slice(now.canned.get(code, false));
                 bufs.closing = true;
-                return Progress::Answered;
+                return Answer::Close;
             }
         };
-        *budget -= 1;
-        progress = Progress::Answered;
         bufs.consume(len, now.at);
-        match handled {
-            Handled::KeepOpen => {}
-            Handled::Close => bufs.closing = true,
-            Handled::Hijack(claim) => return Progress::Hijack(claim),
+        match answer {
+            Answer::Open => {}
+            Answer::Close => bufs.closing = true,
+            Answer::Hijack(claim) => return Answer::Hijack(claim),
         }
     }
-    progress
+    if bufs.closing {
+        Answer::Close
+    } else {
+        Answer::Open
+    }
 }
 
 /// Empties `buf`, keeps the larger allocation of the two as `spare`, and
@@ -219,26 +212,17 @@ fn give_back(spare: &mut Vec<u8>, buf: &mut Vec<u8>) {
     *buf = Vec::new();
 }
 
-/// What to do with a connection after driving it.
-enum Next<C> {
-    /// Wait for its next event.
-    Keep,
-    /// It used up its turn with work left: drive it again next turn.
-    Again,
-    Close,
-    Hijack(C),
-}
-
 impl<S: Service> EventLoop<S> {
-    /// A loop serving `listener` with `service`.
+    /// A loop serving `listener` with `service`, handing claimed
+    /// connections to `handoff`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mut listener: TcpListener,
         service: S,
+        handoff: Option<Handoff>,
         config: LoopConfig,
         slots: Slots,
         clock: Arc<dyn Clock>,
-        linger: Linger,
         shutdown: Shutdown,
         metrics: Metrics,
     ) -> std::io::Result<Self> {
@@ -255,7 +239,7 @@ impl<S: Service> EventLoop<S> {
             slots,
             clock,
             date,
-            linger,
+            handoff,
             shutdown,
             metrics,
             accept_failing: false,
@@ -344,10 +328,6 @@ impl<S: Service> EventLoop<S> {
             .is_some_and(|c| c.ready_turn == self.turn)
     }
 
-    fn now(&mut self) -> (Instant, u64) {
-        (self.clock.now(), self.clock.unix_s())
-    }
-
     /// Accepts up to `limit` connections (rule 8), answering what each
     /// sent with it.
     fn accept(&mut self, limit: usize) {
@@ -416,36 +396,23 @@ impl<S: Service> EventLoop<S> {
     }
 
     /// Reads, answers and writes until the socket would block, or the turn
-    /// is used up.
+    /// is used up; then keeps, closes or hands over the connection.
     fn drive(&mut self, key: usize) {
+        let (at, unix_s) = (self.clock.now(), self.clock.unix_s());
         self.lend(key);
-        let next = self.step(key);
-        // Keep, Again: a half-read request and unsent bytes stay with the
-        // connection. Hijack: unsent bytes travel with the task. Close: none.
-        // Read before `reclaim` takes the read buffer back.
-        let pipelined = matches!(next, Next::Hijack(_))
-            && self
-                .conns
-                .get(key)
-                .is_some_and(|c| !c.bufs.unparsed().is_empty());
-        match next {
-            Next::Keep | Next::Again => self.reclaim(key, true, true),
-            Next::Hijack(_) => self.reclaim(key, false, true),
-            Next::Close => self.reclaim(key, false, false),
-        }
-        match next {
-            Next::Keep => {}
-            Next::Again => {
-                let due = self.turn + 1;
-                if let Some(conn) = self.conns.get_mut(key) {
-                    if conn.ready_turn != due {
-                        conn.ready_turn = due;
-                        self.ready.push(key);
-                    }
-                }
+        match self.step(key, at, unix_s) {
+            // A half-read request and unsent bytes stay with the connection.
+            Answer::Open => self.reclaim(key, true, true),
+            Answer::Close => {
+                self.reclaim(key, false, false);
+                self.close(key);
             }
-            Next::Close => self.close(key),
-            Next::Hijack(claim) => self.hijack(key, claim, pipelined),
+            // Unsent answers and bytes pipelined behind the request travel
+            // with it (the hand-over needs to know of the latter).
+            Answer::Hijack(claim) => {
+                self.reclaim(key, true, true);
+                self.hand_over(key, claim, at, unix_s);
+            }
         }
     }
 
@@ -486,91 +453,94 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    fn step(&mut self, key: usize) -> Next<S::Claim> {
-        let (now, unix_s) = self.now();
+    fn step(&mut self, key: usize, at: Instant, unix_s: u64) -> Answer {
         let limits = self.config.limits;
         let stopping = self.stopping_since.is_some();
         let (date, canned) = self.date.stamp(unix_s);
         let Some(conn) = self.conns.get_mut(key) else {
-            return Next::Keep;
+            return Answer::Open;
         };
         let mut budget = TURN_WORK;
         loop {
-            if conn.flush(now).is_err() {
-                return Next::Close;
+            if conn.flush(at).is_err() {
+                return Answer::Close;
             }
             let b = &conn.bufs;
             if b.closing || b.peer_closed {
                 // Nothing more will be parsed: close once everything is out.
                 return if b.pending_out() == 0 {
-                    Next::Close
+                    Answer::Close
                 } else {
-                    Next::Keep
+                    Answer::Open
                 };
             }
             if b.pending_out() > OUT_HIGH {
-                return Next::Keep; // rule 1: resume on the writable event
+                return Answer::Open; // rule 1: resume on the writable event
             }
             if budget == 0 {
-                return Next::Again; // rule 8
+                // Rule 8: due again next turn, and listed once.
+                let due = self.turn + 1;
+                if conn.ready_turn != due {
+                    conn.ready_turn = due;
+                    self.ready.push(key);
+                }
+                return Answer::Open;
             }
-            let at = Now {
-                at: now,
+            let now = Now {
+                at,
                 unix_s,
                 date,
                 canned,
                 stopping,
             };
-            match answer_buffered(
+            let before = budget;
+            let answer = answer_buffered(
                 &mut conn.bufs,
                 &mut self.service,
                 &limits,
-                at,
+                now,
                 &self.metrics,
                 &mut budget,
-            ) {
-                Progress::Hijack(claim) => return Next::Hijack(claim),
-                Progress::Answered => continue, // flush before reading more
-                Progress::Idle => {}
+            );
+            match answer {
+                Answer::Hijack(claim) => return Answer::Hijack(claim),
+                // Answered something: flush it before reading more.
+                Answer::Open | Answer::Close if budget < before => continue,
+                Answer::Open | Answer::Close => {}
             }
             budget = budget.saturating_sub(1);
-            match conn.read_some(now) {
+            match conn.read_some(at) {
                 ReadOutcome::Data => {}
-                ReadOutcome::WouldBlock => return Next::Keep,
+                ReadOutcome::WouldBlock => return Answer::Open,
                 ReadOutcome::Eof => conn.bufs.peer_closed = true,
-                ReadOutcome::Failed => return Next::Close,
+                ReadOutcome::Failed => return Answer::Close,
             }
         }
     }
 
-    /// Hands the connection to the service (see `hijack` for the contract).
-    fn hijack(&mut self, key: usize, claim: S::Claim, pipelined: bool) {
+    /// Gives the connection to the hand-over (`hijack.rs`), which takes it
+    /// off this poll and passes it on with its claim.
+    fn hand_over(&mut self, key: usize, claim: Claim, at: Instant, unix_s: u64) {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        let Conn {
-            mut stream,
-            mut bufs,
-            slot,
-            registered,
-            ..
-        } = conn;
-        // Rule 4: deregister first; then the socket is ours to move. A
-        // connection hijacked on its first turn, inside `accept`, was never
-        // registered, and there is nothing to undo.
-        if registered {
-            if let Err(e) = self.poll.registry().deregister(&mut stream) {
-                // Cannot happen for a registered socket; were it to, the
-                // poll could report a stale token, which rule 2 tolerates.
-                log::debug!("deregister before hijack failed: {e}");
+        let (date, canned) = self.date.stamp(unix_s);
+        let now = Now {
+            at,
+            unix_s,
+            date,
+            canned,
+            stopping: self.stopping_since.is_some(),
+        };
+        match &self.handoff {
+            Some(handoff) => handoff.hand_over(self.poll.registry(), conn, claim, now),
+            None => {
+                // Only a service that never claims (admin) runs without a
+                // hand-off; were one to claim, its connection closes and
+                // the claim's lease goes back.
+                log::error!("a connection was claimed on a loop that cannot hand it over");
             }
         }
-        let out = bufs.take_out();
-        let stream = std::net::TcpStream::from(stream);
-        self.service.hijack(
-            Hijacked::new(stream, slot, out, pipelined, self.linger.clone()),
-            claim,
-        );
     }
 
     fn close(&mut self, key: usize) {

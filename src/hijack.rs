@@ -1,9 +1,15 @@
-//! Stage 5 of 8: the connection leaves the event loop.
+//! Stage 5 of 8: the hand-over: a connection leaves the event loop.
+//!
+//! A request that may win (a sale attempt holding its `Lease`) or that
+//! needs Redis to be answered (`/shop/result`) is not answered on the loop:
+//! the service returns `Answer::Hijack(claim)`, and the loop calls
+//! `Handoff::hand_over` with the connection. That one function is the seam
+//! this project teaches.
 //!
 //! # The hand-over contract
 //!
 //! A socket has exactly one owner at a time. While it is registered with an
-//! event loop's `Poll`, the loop owns it. To hijack, the loop:
+//! event loop's `Poll`, the loop owns it. `hand_over`:
 //!
 //! 1. deregisters the socket from its `Poll` (mio's `Registry::deregister`:
 //!    after it returns, that poll delivers no more events for the socket);
@@ -12,10 +18,15 @@
 //!    `max_connections`) and whatever response bytes the loop had not yet
 //!    flushed (earlier pipelined answers, which must reach the client
 //!    first), into a `Hijacked`;
-//! 3. forgets the connection: its slot in the loop, buffers and deadline
-//!    are gone. Bytes the client pipelined after the hijacked request are
-//!    not read (SPEC §2: the client resends them on a new connection); the
-//!    answer says `Connection: close`.
+//! 3. builds what the claim asks for: a `Task` (attempt, lease, arrival
+//!    instant) pushed on the bounded fan-in queue for the worker, or a
+//!    `Question` for the lookup thread. A full queue or inbox is answered
+//!    1004 at once, the lease given back first.
+//!
+//! The loop has already forgotten the connection: its slab entry, buffers
+//! and deadline are gone. Bytes the client pipelined after the hijacked
+//! request are not read (SPEC §2: the client resends them on a new
+//! connection); the answer says `Connection: close`.
 //!
 //! From then on the `Hijacked` owns the socket: nobody `try_clone`s it or
 //! shares it in an `Arc`. It is answered exactly once, with
@@ -29,20 +40,134 @@
 //! reset that can destroy the answer, so the socket goes to the `Linger`
 //! thread, which writes the rest and closes gently (see `linger`).
 //!
-//! In: a deregistered socket, its slot, its unflushed bytes, the claim
-//! (attempt and lease). Out: a `Task` for the queue.
-//! Never: touches a `Poll`, or answers twice.
+//! In: a registered connection and its claim. Out: a `Task` on the queue,
+//! or a `Question` for the lookup thread.
+//! Never: answers on the loop's behalf except 1004 for a full queue, or
+//! answers twice.
 
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::Registry;
 
 use crate::attempt::Attempt;
 use crate::codes::Code;
-use crate::conn::Slot;
+use crate::conn::{Conn, Slot};
 use crate::http::response::{self, Extra};
 use crate::linger::Linger;
+use crate::lookup::{Lookup, Question};
+use crate::metrics::{Metrics, RouteLabel};
+use crate::queue::Producer;
+use crate::service::Now;
 use crate::stock::Lease;
+
+/// What a hijacking request claims its connection for.
+#[derive(Debug)]
+pub enum Claim {
+    /// A sale attempt, for the queue.
+    Sale {
+        /// The checked attempt.
+        attempt: Attempt,
+        /// Its unit of memory stock.
+        lease: Lease,
+    },
+    /// A `/shop/result` question, for the lookup thread.
+    Result {
+        /// Event id (checked).
+        event_id: String,
+        /// Goods id (checked).
+        goods_id: String,
+        /// Uid from the token.
+        uid: String,
+    },
+}
+
+/// Where hijacked connections go: the queue, the lookup thread, and the
+/// linger thread that ends their sockets gently. One per public loop; the
+/// handles inside are shared.
+#[derive(Clone)]
+pub struct Handoff {
+    /// The fan-in queue to the worker.
+    pub queue: Arc<dyn Producer>,
+    /// The `/shop/result` thread.
+    pub lookup: Lookup,
+    /// Finishes slow answers.
+    pub linger: Linger,
+    /// Counts a 1004 for a queue found full.
+    pub metrics: Metrics,
+}
+
+impl Handoff {
+    /// The hand-over (see the contract above): takes `conn` off the poll
+    /// behind `registry`, makes it a plain socket owed one answer, and
+    /// passes it on with its claim. `now` is when its request was read.
+    pub fn hand_over(&self, registry: &Registry, conn: Conn, claim: Claim, now: Now<'_>) {
+        let Conn {
+            mut stream,
+            mut bufs,
+            slot,
+            registered,
+            ..
+        } = conn;
+        // Deregister first; then the socket is ours to move. A connection
+        // hijacked on its first turn, inside `accept`, was never registered.
+        if registered {
+            if let Err(e) = registry.deregister(&mut stream) {
+                // Cannot happen for a registered socket; were it to, the
+                // poll could report a stale token for a slot reused later,
+                // which the loop tolerates (a spurious event), so going on
+                // is safe.
+                log::debug!("deregister before hijack failed: {e}");
+            }
+        }
+        // The loop read bytes past the hijacked request: the client
+        // pipelined, and may still be sending.
+        let pipelined = !bufs.unparsed().is_empty();
+        let conn = Hijacked::new(
+            TcpStream::from(stream),
+            slot,
+            bufs.take_out(),
+            pipelined,
+            self.linger.clone(),
+            now.unix_s,
+        );
+        match claim {
+            Claim::Sale { attempt, lease } => {
+                let task = Task {
+                    lease,
+                    conn,
+                    attempt,
+                    arrived_at: now.at,
+                };
+                if let Err(task) = self.queue.try_push(task) {
+                    // Another loop filled the queue since the service
+                    // looked: still 1004 at once, the unit given back
+                    // before the answer.
+                    let Task { conn, lease, .. } = task;
+                    drop(lease);
+                    self.metrics.count(RouteLabel::CartAdd, Code::Busy);
+                    conn.answer(Code::Busy, None, now.date);
+                }
+            }
+            Claim::Result {
+                event_id,
+                goods_id,
+                uid,
+            } => self.lookup.ask(
+                Question {
+                    conn,
+                    event_id,
+                    goods_id,
+                    uid,
+                    arrived_at: now.at,
+                },
+                now.date,
+            ),
+        }
+    }
+}
 
 /// A connection taken off the event loop, owed exactly one answer.
 #[derive(Debug)]
@@ -54,43 +179,43 @@ pub struct Hijacked {
     // pipelined, and may still be sending.
     pipelined: bool,
     linger: Linger,
+    // When it left the loop: the `Date` of an answer given by `Drop`.
+    handed_unix_s: u64,
 }
 
 impl Hijacked {
     /// Takes a deregistered socket, its slot, the bytes the loop still owed
-    /// it, and whether the client had sent more than the hijacked request.
+    /// it, whether the client had sent more than the hijacked request, and
+    /// the unix second of the hand-over.
     pub fn new(
         stream: TcpStream,
         slot: Slot,
         out: Vec<u8>,
         pipelined: bool,
         linger: Linger,
+        handed_unix_s: u64,
     ) -> Self {
         Hijacked {
             socket: Some((stream, slot)),
             out,
             pipelined,
             linger,
+            handed_unix_s,
         }
     }
 
-    /// Answers with `Connection: close`, then closes.
-    pub fn answer(mut self, code: Code, data: Option<&str>) {
-        self.respond(code, data, Extra::None);
+    /// Answers with `Connection: close`, then closes. `date` is the `Date`
+    /// header, from the answering thread's `DateCache`.
+    pub fn answer(mut self, code: Code, data: Option<&str>, date: &str) {
+        self.respond(code, data, date);
     }
 
-    /// Answers 1004 with `Retry-After: 1`, then closes.
-    pub fn answer_busy(mut self) {
-        self.respond(Code::Busy, None, Extra::RetryAfter);
-    }
-
-    fn respond(&mut self, code: Code, data: Option<&str>, extra: Extra) {
+    fn respond(&mut self, code: Code, data: Option<&str>, date: &str) {
         let Some((stream, slot)) = self.socket.take() else {
             return;
         };
-        let date = httpdate::fmt_http_date(SystemTime::now());
         let mut out = std::mem::take(&mut self.out);
-        response::write_json(&mut out, code, data, false, &date, extra);
+        response::write_json(&mut out, code, data, false, date, Extra::None);
         match write_nonblocking(&stream, &out) {
             Ok(n) if n == out.len() && !self.pipelined && !unread_input(&stream) => {
                 // Answered, and closing sends no reset: the common case.
@@ -106,7 +231,8 @@ impl Hijacked {
 impl Drop for Hijacked {
     fn drop(&mut self) {
         if self.socket.is_some() {
-            self.respond(Code::RedisError, None, Extra::None);
+            let date = response::date_text(self.handed_unix_s);
+            self.respond(Code::RedisError, None, &date);
         }
     }
 }

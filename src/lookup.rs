@@ -30,6 +30,7 @@ use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::codes::Code;
 use crate::hijack::Hijacked;
+use crate::http::response::DateCache;
 use crate::keys::GoodsKeys;
 use crate::metrics::Metrics;
 use crate::redis_conn::{LazyConn, TripError};
@@ -70,6 +71,7 @@ struct Asker {
     breaker: Breaker,
     shutdown: Shutdown,
     metrics: Metrics,
+    date: DateCache,
 }
 
 impl Lookup {
@@ -86,9 +88,10 @@ impl Lookup {
     ) -> Result<(Lookup, JoinHandle<()>), String> {
         let asker = Asker {
             conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
-            clock,
             request_timeout,
             breaker,
+            date: DateCache::new(clock.unix_s()),
+            clock,
             shutdown,
             metrics: metrics.clone(),
         };
@@ -100,13 +103,14 @@ impl Lookup {
         Ok((Lookup { tx, metrics }, handle))
     }
 
-    /// Hands a question over; a full inbox answers 1004 at once.
-    pub fn ask(&self, q: Question) {
+    /// Hands a question over; a full inbox answers 1004 at once (`date` is
+    /// the asking loop's `Date`).
+    pub fn ask(&self, q: Question, date: &str) {
         // Counted before the send, so the thread's -1 never comes first.
         self.metrics.lookups_waiting(1);
         if let Err(TrySendError::Full(q) | TrySendError::Disconnected(q)) = self.tx.try_send(q) {
             self.metrics.lookups_waiting(-1);
-            q.conn.answer_busy();
+            q.conn.answer(Code::Busy, None, date);
         }
     }
 }
@@ -139,15 +143,16 @@ impl Asker {
                 .shutdown
                 .deadline(q.arrived_at, self.request_timeout, now)
         });
+        let date = self.date.get(self.clock.unix_s());
         for q in late {
-            q.conn.answer(Code::QueueTimeout, None);
+            q.conn.answer(Code::QueueTimeout, None, date);
         }
         if batch.is_empty() {
             return;
         }
         if !self.breaker.try_call(now) {
             for q in batch {
-                q.conn.answer(Code::RedisError, None);
+                q.conn.answer(Code::RedisError, None, date);
             }
             return;
         }
@@ -158,14 +163,15 @@ impl Asker {
             log::debug!("result lookup failed: {e:?}");
             batch.iter().map(|_| Err(())).collect()
         });
+        let date = self.date.get(self.clock.unix_s());
         for (q, order) in batch.into_iter().zip(found) {
             match order {
                 Ok(Some(order_id)) => {
                     let data = serde_json::json!({"status": "won", "order_id": order_id});
-                    q.conn.answer(Code::Ok, Some(&data.to_string()));
+                    q.conn.answer(Code::Ok, Some(&data.to_string()), date);
                 }
-                Ok(None) => q.conn.answer(Code::Ok, Some(r#"{"status":"none"}"#)),
-                Err(()) => q.conn.answer(Code::RedisError, None),
+                Ok(None) => q.conn.answer(Code::Ok, Some(r#"{"status":"none"}"#), date),
+                Err(()) => q.conn.answer(Code::RedisError, None, date),
             }
         }
     }

@@ -1,67 +1,40 @@
-//! Stages 3 to 5 on the public listener: route, authenticate, validate,
-//! pre-check memory stock, and answer or hijack.
+//! Stages 3 and 4 on the public listener: route, authenticate, validate,
+//! pre-check memory stock, and answer or claim the connection.
 //!
-//! In: a complete request from the event loop. Out: an answer written into
-//! the connection's buffer (everything the loop can answer alone), or a claim
-//! on the connection: a sale attempt holding a `Lease` (to the queue), or a
-//! result question (to the lookup thread).
+//! In: a complete request from the event loop. Out: one `Answer`: a
+//! `Reply` written into the connection's buffer and counted (everything the
+//! loop can answer alone), or `Answer::Hijack` with a `Claim`: a sale
+//! attempt holding a `Lease`, or a result question. The hand-over itself is
+//! `hijack.rs`; this file never touches a socket.
 //!
 //! Order of checks for a cart-add, cheapest and least revealing first:
 //! route (404/405) -> token (4001) -> blacklist (4003) -> body and ids
 //! (4000) -> event and goods (4004) -> window (1006/1007) -> memory stock
-//! (1001, 1005, 1004) -> breaker open (1002) -> queue full (1004) -> hijack.
-//! "No stock" known from memory is answered even while Redis is down. Everything before the hijack keeps the
-//! connection open (unless the SPEC closes after the code, or the client
-//! asked to close).
+//! (1001, 1005, 1004) -> breaker open (1002) -> queue full (1004) -> claim.
+//! Each check says why it refused (its own error type), and `codes.rs`
+//! says which code that is. "No stock" known from memory is answered even
+//! while Redis is down. Every answer keeps the connection open (unless the
+//! SPEC closes after the code, or the client asked to close).
 //! Never: waits on Redis; the loop thread only reads memory.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::attempt::{self, Attempt};
-use crate::auth::{valid_id, Signer};
+use crate::auth::{valid_id, AuthError, Signer};
 use crate::blacklist::Blacklist;
 use crate::breaker::Breaker;
 use crate::catalog::{Catalog, EventDef, Snapshot};
-use crate::clock::SystemClock;
 use crate::codes::Code;
 use crate::config::QueueConfig;
 use crate::conn::Slots;
-use crate::hijack::{Hijacked, Task};
+use crate::hijack::Claim;
 use crate::http::parse::{query_param, Request};
-use crate::http::response::{self, Extra};
-use crate::lookup::{Lookup, Question};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::queue::{self, Consumer, Producer};
 use crate::route::{self, Route, RouteError};
-use crate::service::{reply, Handled, Now, Service};
-use crate::shutdown::Shutdown;
-use crate::stock::{Lease, Stock, Take};
-
-/// What a public request claims the connection for.
-#[derive(Debug)]
-pub enum Claim {
-    /// A sale attempt, for the queue.
-    Sale {
-        /// The checked attempt.
-        attempt: Attempt,
-        /// Its unit of memory stock.
-        lease: Lease,
-        /// When it arrived.
-        arrived_at: Instant,
-    },
-    /// A `/shop/result` question, for the lookup thread.
-    Result {
-        /// Event id.
-        event_id: String,
-        /// Goods id.
-        goods_id: String,
-        /// Uid from the token.
-        uid: String,
-        /// When it arrived.
-        arrived_at: Instant,
-    },
-}
+use crate::service::{Answer, Now, Reply, Service};
+use crate::stock::Stock;
 
 /// The public listener's service. One per event loop; the handles inside are
 /// shared.
@@ -72,10 +45,8 @@ pub struct Public {
     pub catalog: Arc<Catalog>,
     /// Memory stock.
     pub stock: Stock,
-    /// The hijack queue.
+    /// The hijack queue (only looked at: a full queue is 1004 here).
     pub queue: Arc<dyn Producer>,
-    /// The `/shop/result` thread.
-    pub lookup: Lookup,
     /// Redis circuit breaker (shared with the worker).
     pub breaker: Breaker,
     /// Blocked uids.
@@ -99,43 +70,32 @@ fn label(route: &Result<Route<'_>, RouteError>) -> RouteLabel {
     }
 }
 
-/// A refusal the loop gives on its own: the code and any extra header.
-type Answer = (Code, Extra);
-
 impl Public {
-    fn cart_add(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Answer> {
-        let plain = |code| (code, Extra::None);
+    fn cart_add(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Code> {
         let uid = self.verify(req, now)?;
         if self.blacklist.contains(uid) {
-            return Err(plain(Code::Blocked));
+            return Err(Code::Blocked);
         }
-        let (event_id, goods_id) =
-            attempt::parse_ids(req.body).map_err(|_| plain(Code::BadRequest))?;
+        let (event_id, goods_id) = attempt::parse_ids(req.body)?;
         let snap = self.catalog.snapshot();
         let event = snap
             .events
             .get(event_id)
             .filter(|e| e.has_goods(goods_id))
-            .ok_or(plain(Code::NotFound))?;
+            .ok_or(Code::NotFound)?;
         if now.unix_s < event.start_at {
-            return Err(plain(Code::NotStarted));
+            return Err(Code::NotStarted);
         }
         if now.unix_s >= event.end_at {
-            return Err(plain(Code::Ended));
+            return Err(Code::Ended);
         }
-        let lease = match self.stock.try_take(event_id, goods_id, uid) {
-            Take::Lease(lease) => lease,
-            Take::NoStock => return Err(plain(Code::NoStock)),
-            Take::AlreadyPurchased => return Err(plain(Code::AlreadyPurchased)),
-            Take::Queued => return Err((Code::Busy, Extra::RetryAfter)),
-            Take::Unknown => return Err(plain(Code::NotFound)),
-        };
+        let lease = self.stock.try_take(event_id, goods_id, uid)?;
         // Each refusal below drops the lease, which gives the unit back.
         if !self.breaker.admit(now.at) {
-            return Err(plain(Code::RedisError));
+            return Err(Code::RedisError);
         }
         if self.queue.is_full() {
-            return Err((Code::Busy, Extra::RetryAfter));
+            return Err(Code::Busy);
         }
         Ok(Claim::Sale {
             attempt: Attempt {
@@ -144,21 +104,17 @@ impl Public {
                 goods_id: goods_id.to_string(),
             },
             lease,
-            arrived_at: now.at,
         })
     }
 
-    fn verify<'r>(&self, req: &Request<'r>, now: Now<'_>) -> Result<&'r str, Answer> {
-        let header = req.authorization.ok_or((Code::Unauthorized, Extra::None))?;
-        self.signer
-            .verify(header, now.unix_s)
-            .map_err(|_| (Code::Unauthorized, Extra::None))
+    fn verify<'r>(&self, req: &Request<'r>, now: Now<'_>) -> Result<&'r str, Code> {
+        let header = req.authorization.ok_or(AuthError::Missing)?;
+        Ok(self.signer.verify(header, now.unix_s)?)
     }
 
-    fn result(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Answer> {
+    fn result(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Code> {
         let uid = self.verify(req, now)?;
-        let (event_id, goods_id) =
-            ids_from_query(req.query).ok_or((Code::BadRequest, Extra::None))?;
+        let (event_id, goods_id) = ids_from_query(req.query).ok_or(Code::BadRequest)?;
         let known = self
             .catalog
             .snapshot()
@@ -166,19 +122,40 @@ impl Public {
             .get(event_id)
             .is_some_and(|e| e.has_goods(goods_id));
         if !known {
-            return Err((Code::NotFound, Extra::None));
+            return Err(Code::NotFound);
         }
         // Like a sale: while Redis is known down, say so at once rather
         // than queue a question that would wait out a timeout.
         if !self.breaker.admit(now.at) {
-            return Err((Code::RedisError, Extra::None));
+            return Err(Code::RedisError);
         }
         Ok(Claim::Result {
             event_id: event_id.to_string(),
             goods_id: goods_id.to_string(),
             uid: uid.to_string(),
-            arrived_at: now.at,
         })
+    }
+
+    /// `/event/info?event_id=E`: the event's pre-encoded JSON.
+    fn event_info<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Reply<'s> {
+        match query_param(req.query, "event_id") {
+            Some(id) if valid_id(id.as_bytes()) => match snap.events.get(id) {
+                Some(view) => Reply::json(Code::Ok, Some(view.json.as_str())),
+                None => Reply::code(Code::NotFound),
+            },
+            _ => Reply::code(Code::BadRequest),
+        }
+    }
+
+    /// `/metrics`: every counter, then each goods' memory share.
+    fn metrics_text(&self) -> String {
+        let mut body = self.metrics.render(
+            self.queue.depth(),
+            self.breaker.is_open(),
+            self.slots.held(),
+        );
+        self.stock.write_metrics(&mut body);
+        body
     }
 }
 
@@ -198,25 +175,12 @@ impl Public {
         let catalog = Arc::new(Catalog::default());
         catalog.replace(Snapshot::build(defs, stocks.iter().copied(), &stock));
         let (queue, consumer) = queue::open("shop", &QueueConfig::default())?;
-        let breaker = Breaker::new(5, Duration::from_secs(1));
-        // Never asked: in-memory users do not hand connections over. Its
-        // thread ends when the service is dropped.
-        let (lookup, _thread) = Lookup::start(
-            "redis://127.0.0.1:1/",
-            Duration::from_millis(10),
-            Duration::from_secs(1),
-            breaker.clone(),
-            Arc::new(SystemClock),
-            Shutdown::new(),
-            Metrics::default(),
-        )?;
         let service = Public {
             signer: Signer::new(secret),
             catalog,
             stock,
             queue,
-            lookup,
-            breaker,
+            breaker: Breaker::new(5, Duration::from_secs(1)),
             blacklist: Blacklist::new(),
             metrics: Metrics::default(),
             slots: Slots::new(usize::MAX),
@@ -232,106 +196,41 @@ fn ids_from_query(query: &str) -> Option<(&str, &str)> {
 }
 
 impl Service for Public {
-    type Claim = Claim;
-
-    fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Handled<Claim> {
+    fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Answer {
         let route = route::public(req.method, req.path);
-        let lbl = label(&route);
-        let (code, extra) = match route {
-            Err(RouteError::NotFound) => (Code::NotFound, Extra::None),
-            Err(RouteError::MethodNotAllowed(allow)) => {
-                (Code::MethodNotAllowed, Extra::Allow(allow))
-            }
+        let label = label(&route);
+        // What a reply borrows its body from lives out here, past the match.
+        let (snap, text);
+        let reply = match route {
+            Err(e) => Reply::no_route(e),
             Ok(Route::CartAdd) => match self.cart_add(req, now) {
-                Ok(claim) => return Handled::Hijack(claim),
-                Err(answer) => answer,
+                Ok(claim) => return Answer::Hijack(claim),
+                Err(code) => Reply::code(code),
             },
             Ok(Route::Result) => match self.result(req, now) {
-                Ok(claim) => return Handled::Hijack(claim),
-                Err(answer) => answer,
+                Ok(claim) => return Answer::Hijack(claim),
+                Err(code) => Reply::code(code),
             },
             // Reads are written straight from the snapshot's pre-encoded JSON.
             Ok(Route::EventList) => {
-                let snap = self.catalog.snapshot();
-                self.metrics.count(lbl, Code::Ok);
-                return reply(out, req, now, Code::Ok, Some(&snap.list_json), Extra::None);
+                snap = self.catalog.snapshot();
+                Reply::json(Code::Ok, Some(&snap.list_json))
             }
             Ok(Route::EventInfo) => {
-                let snap = self.catalog.snapshot();
-                let (code, data) = match query_param(req.query, "event_id") {
-                    Some(id) if valid_id(id.as_bytes()) => match snap.events.get(id) {
-                        Some(view) => (Code::Ok, Some(view.json.as_str())),
-                        None => (Code::NotFound, None),
-                    },
-                    _ => (Code::BadRequest, None),
-                };
-                self.metrics.count(lbl, code);
-                return reply(out, req, now, code, data, Extra::None);
+                snap = self.catalog.snapshot();
+                Public::event_info(&snap, req)
             }
-            Ok(Route::Healthz) => (Code::Ok, Extra::None),
-            Ok(Route::Readyz) if self.catalog.ready() => (Code::Ok, Extra::None),
-            Ok(Route::Readyz) => (Code::NotReady, Extra::None),
+            Ok(Route::Healthz) => Reply::code(Code::Ok),
+            Ok(Route::Readyz) if self.catalog.ready() => Reply::code(Code::Ok),
+            Ok(Route::Readyz) => Reply::code(Code::NotReady),
             Ok(Route::Metrics) => {
-                self.metrics.count(lbl, Code::Ok);
-                let mut body = self.metrics.render(
-                    self.queue.depth(),
-                    self.breaker.is_open(),
-                    self.slots.held(),
-                );
-                self.stock.write_metrics(&mut body);
-                response::write_raw(
-                    out,
-                    "text/plain; version=0.0.4",
-                    body.as_bytes(),
-                    req.keep_alive,
-                    now.date,
-                );
-                return if req.keep_alive {
-                    Handled::KeepOpen
-                } else {
-                    Handled::Close
-                };
+                text = self.metrics_text();
+                Reply::text(&text)
             }
-            Ok(_) => (Code::NotFound, Extra::None),
+            // `route::public` gives no admin routes.
+            Ok(_) => Reply::code(Code::NotFound),
         };
-        self.metrics.count(lbl, code);
-        reply(out, req, now, code, None, extra)
-    }
-
-    fn hijack(&mut self, conn: Hijacked, claim: Claim) {
-        match claim {
-            Claim::Sale {
-                attempt,
-                lease,
-                arrived_at,
-            } => {
-                let task = Task {
-                    conn,
-                    attempt,
-                    arrived_at,
-                    lease,
-                };
-                if let Err(task) = self.queue.try_push(task) {
-                    // Another loop filled the queue since the check: still
-                    // 1004 at once, the unit given back before the answer.
-                    let Task { conn, lease, .. } = task;
-                    drop(lease);
-                    self.metrics.count(RouteLabel::CartAdd, Code::Busy);
-                    conn.answer_busy();
-                }
-            }
-            Claim::Result {
-                event_id,
-                goods_id,
-                uid,
-                arrived_at,
-            } => self.lookup.ask(Question {
-                conn,
-                event_id,
-                goods_id,
-                uid,
-                arrived_at,
-            }),
-        }
+        self.metrics.count(label, reply.code);
+        reply.write(out, req, now)
     }
 }

@@ -34,6 +34,7 @@ use crate::config::{Config, SHOP_QUEUE};
 use crate::conn::Slots;
 use crate::deduct::Deducter;
 use crate::event_loop::{EventLoop, LoopConfig};
+use crate::hijack::Handoff;
 use crate::http::parse::Limits;
 use crate::linger::Linger;
 use crate::lookup::Lookup;
@@ -230,6 +231,12 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         .local_addr()
         .map_err(|e| format!("admin.bind: {e}"))?;
 
+    let handoff = Handoff {
+        queue: producer.clone(),
+        lookup,
+        linger,
+        metrics: metrics.clone(),
+    };
     let mut loops = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let service = Public {
@@ -237,7 +244,6 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
             catalog: catalog.clone(),
             stock: stock.clone(),
             queue: producer.clone(),
-            lookup: lookup.clone(),
             breaker: breaker.clone(),
             blacklist: blacklist.clone(),
             metrics: metrics.clone(),
@@ -246,10 +252,10 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
         let ev = EventLoop::new(
             l,
             service,
+            Some(handoff.clone()),
             loop_config.clone(),
             slots.clone(),
             clock.clone(),
-            linger.clone(),
             shutdown.clone(),
             metrics.clone(),
         )
@@ -264,7 +270,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     // The loops hold the only producers and lookup senders now: when they
     // end, the queue and the lookup inbox close.
     drop(producer);
-    drop(lookup);
+    drop(handoff);
 
     let admin = Admin::new(
         config.admin.key.clone(),
@@ -276,10 +282,10 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     let admin_loop = EventLoop::new(
         admin_listener,
         admin,
+        None,
         loop_config,
         Slots::new(ADMIN_CONNECTIONS),
         clock.clone(),
-        linger,
         shutdown.clone(),
         metrics,
     )

@@ -1,19 +1,24 @@
-//! What an event loop hands each complete request to.
+//! What an event loop hands each complete request to, and what it gets back.
 //!
 //! The loop owns sockets, buffers and timers; a `Service` owns what the
 //! answers mean. The public listener's service (`public`) answers most
 //! requests at once and claims the connection for the rest (a hijack); the
 //! admin listener's (`admin`) always answers.
-//! Invariants: `handle` writes at most one response into `out`, and says
-//! whether the connection stays open; a claim is always followed by exactly
-//! one `hijack` call with the connection, already off the loop.
+//!
+//! Every request ends in one `Answer`: written into the connection's
+//! buffer (the connection stays open, or closes once it is flushed), or not
+//! written because the connection is claimed (`Answer::Hijack`, which the
+//! loop passes to `hijack::Handoff`). A service builds each written answer
+//! as one `Reply` and writes it with `Reply::write`, so it is counted and
+//! written in one place.
 
 use std::time::Instant;
 
 use crate::codes::Code;
-use crate::hijack::Hijacked;
+use crate::hijack::Claim;
 use crate::http::parse::Request;
 use crate::http::response::{self, Canned, Extra};
+use crate::route::RouteError;
 
 /// The moment a request is handled, as the loop saw it.
 #[derive(Debug, Clone, Copy)]
@@ -30,51 +35,104 @@ pub struct Now<'a> {
     pub stopping: bool,
 }
 
-/// What became of one request.
+/// What became of a request: the one answer type from the service to the
+/// loop.
 #[derive(Debug)]
-pub enum Handled<C> {
-    /// Answered; keep reading this connection.
-    KeepOpen,
-    /// Answered; close once the answer is written.
+pub enum Answer {
+    /// Answered; the connection stays open for the next request.
+    Open,
+    /// Answered with `Connection: close`; the connection closes once the
+    /// answer is flushed.
     Close,
-    /// Not answered: the service wants the connection itself.
-    Hijack(C),
+    /// Not answered here: the connection leaves the loop with this claim
+    /// (see `hijack`), and whoever takes it answers.
+    Hijack(Claim),
 }
 
 /// A listener's request handler.
 pub trait Service {
-    /// What a hijacking answer carries to `hijack`.
-    type Claim;
     /// Answers `req` into `out`, or claims the connection.
-    fn handle(
-        &mut self,
-        req: &Request<'_>,
-        now: Now<'_>,
-        out: &mut Vec<u8>,
-    ) -> Handled<Self::Claim>;
-    /// Receives the claimed connection, now off the loop.
-    fn hijack(&mut self, conn: Hijacked, claim: Self::Claim);
+    fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Answer;
 }
 
-/// Writes a JSON answer and says whether the connection stays open: it does
-/// when the client wants keep-alive and the code is not one the SPEC closes
-/// after (400, 408, 413, 431).
-pub fn reply<C>(
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    now: Now<'_>,
-    code: Code,
-    data: Option<&str>,
+/// One answer written on the loop: its code, and what goes with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply<'a> {
+    /// The SPEC code.
+    pub code: Code,
+    body: Body<'a>,
     extra: Extra,
-) -> Handled<C> {
-    let keep = req.keep_alive && !code.closes();
-    match (data, extra) {
-        (None, Extra::None) => out.extend_from_slice(now.canned.get(code, keep)),
-        _ => response::write_json(out, code, data, keep, now.date, extra),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Body<'a> {
+    /// `{"code":..,"msg":..,"data":<json or null>}`.
+    Json(Option<&'a str>),
+    /// Prometheus text (`/metrics`).
+    Text(&'a str),
+}
+
+impl<'a> Reply<'a> {
+    /// The code alone (`data` is `null`).
+    pub fn code(code: impl Into<Code>) -> Self {
+        Reply::json(code.into(), None)
     }
-    if keep {
-        Handled::KeepOpen
-    } else {
-        Handled::Close
+
+    /// The code with `data` (JSON text).
+    pub fn json(code: Code, data: Option<&'a str>) -> Self {
+        Reply {
+            code,
+            body: Body::Json(data),
+            extra: Extra::None,
+        }
+    }
+
+    /// No route: 404, or 405 with its `Allow` header.
+    pub fn no_route(e: RouteError) -> Self {
+        let extra = match e {
+            RouteError::MethodNotAllowed(allow) => Extra::Allow(allow),
+            RouteError::NotFound => Extra::None,
+        };
+        Reply {
+            extra,
+            ..Reply::code(e)
+        }
+    }
+
+    /// 200 with a Prometheus text body.
+    pub fn text(body: &'a str) -> Self {
+        Reply {
+            code: Code::Ok,
+            body: Body::Text(body),
+            extra: Extra::None,
+        }
+    }
+
+    /// Writes the answer into `out` and says whether the connection stays
+    /// open: it does when the client wants keep-alive and the code is not
+    /// one the SPEC closes after (400, 408, 413, 431).
+    pub fn write(self, out: &mut Vec<u8>, req: &Request<'_>, now: Now<'_>) -> Answer {
+        let keep = req.keep_alive && !self.code.closes();
+        match (self.body, self.extra) {
+            // The common refusals: copied whole from this second's canned bytes.
+            (Body::Json(None), Extra::None) => {
+                out.extend_from_slice(now.canned.get(self.code, keep))
+            }
+            (Body::Json(data), extra) => {
+                response::write_json(out, self.code, data, keep, now.date, extra)
+            }
+            (Body::Text(text), _) => response::write_raw(
+                out,
+                "text/plain; version=0.0.4",
+                text.as_bytes(),
+                keep,
+                now.date,
+            ),
+        }
+        if keep {
+            Answer::Open
+        } else {
+            Answer::Close
+        }
     }
 }

@@ -38,11 +38,9 @@ pub fn share_of(stock: i64, nodes: u64, factor: f64) -> i64 {
 /// event_id -> goods_id -> share.
 type Shares = HashMap<String, HashMap<String, Arc<Share>>>;
 
-/// What `try_take` decided.
-#[derive(Debug)]
-pub enum Take {
-    /// Go on: the attempt may win. Holds one unit of the share.
-    Lease(Lease),
+/// Why `try_take` gave no lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoLease {
     /// 1001: the share is used up.
     NoStock,
     /// 1005: this node already sold this goods to this uid.
@@ -94,16 +92,16 @@ impl Stock {
     }
 
     /// Takes one unit for `uid`, or says why not.
-    pub fn try_take(&self, event_id: &str, goods_id: &str, uid: &str) -> Take {
+    pub fn try_take(&self, event_id: &str, goods_id: &str, uid: &str) -> Result<Lease, NoLease> {
         let Some(share) = self.share(event_id, goods_id) else {
-            return Take::Unknown;
+            return Err(NoLease::Unknown);
         };
         let mut users = share.users.lock();
         if users.sold.contains(uid) {
-            return Take::AlreadyPurchased;
+            return Err(NoLease::AlreadyPurchased);
         }
         if users.queued.contains(uid) {
-            return Take::Queued;
+            return Err(NoLease::Queued);
         }
         let took = share
             .left
@@ -111,11 +109,11 @@ impl Stock {
                 (n > 0).then(|| n - 1)
             });
         if took.is_err() {
-            return Take::NoStock;
+            return Err(NoLease::NoStock);
         }
         users.queued.insert(uid.to_string());
         drop(users);
-        Take::Lease(Lease {
+        Ok(Lease {
             share,
             uid: uid.to_string(),
             ended: false,
@@ -261,9 +259,9 @@ mod tests {
         let s = one_goods(2);
         let a = s.try_take("e", "g", "a");
         let b = s.try_take("e", "g", "b");
-        assert!(matches!((&a, &b), (Take::Lease(_), Take::Lease(_))));
+        assert!(matches!((&a, &b), (Ok(_), Ok(_))));
         for uid in ["c", "d", "e"] {
-            assert!(matches!(s.try_take("e", "g", uid), Take::NoStock));
+            assert!(matches!(s.try_take("e", "g", uid), Err(NoLease::NoStock)));
         }
         assert_eq!(s.left("e", "g"), Some(0));
     }
@@ -271,46 +269,52 @@ mod tests {
     #[test]
     fn dropped_lease_gives_back_and_unqueues() {
         let s = one_goods(1);
-        let Take::Lease(lease) = s.try_take("e", "g", "a") else {
+        let Ok(lease) = s.try_take("e", "g", "a") else {
             panic!()
         };
-        assert!(matches!(s.try_take("e", "g", "a"), Take::Queued));
+        assert!(matches!(s.try_take("e", "g", "a"), Err(NoLease::Queued)));
         assert_eq!(s.left("e", "g"), Some(0));
         drop(lease);
         assert_eq!(s.left("e", "g"), Some(1));
-        assert!(matches!(s.try_take("e", "g", "a"), Take::Lease(_)));
+        assert!(s.try_take("e", "g", "a").is_ok());
     }
 
     #[test]
     fn committed_lease_keeps_the_unit_and_remembers_the_buyer() {
         let s = one_goods(5);
-        let Take::Lease(lease) = s.try_take("e", "g", "a") else {
+        let Ok(lease) = s.try_take("e", "g", "a") else {
             panic!()
         };
         lease.commit();
         assert_eq!(s.left("e", "g"), Some(4));
-        assert!(matches!(s.try_take("e", "g", "a"), Take::AlreadyPurchased));
+        assert!(matches!(
+            s.try_take("e", "g", "a"),
+            Err(NoLease::AlreadyPurchased)
+        ));
         assert_eq!(s.left("e", "g"), Some(4));
     }
 
     #[test]
     fn already_bought_gives_back_and_remembers() {
         let s = one_goods(5);
-        let Take::Lease(lease) = s.try_take("e", "g", "a") else {
+        let Ok(lease) = s.try_take("e", "g", "a") else {
             panic!()
         };
         lease.already_bought();
         assert_eq!(s.left("e", "g"), Some(5));
-        assert!(matches!(s.try_take("e", "g", "a"), Take::AlreadyPurchased));
+        assert!(matches!(
+            s.try_take("e", "g", "a"),
+            Err(NoLease::AlreadyPurchased)
+        ));
     }
 
     #[test]
     fn sold_out_lease_empties_the_share_once() {
         let s = one_goods(5);
-        let Take::Lease(a) = s.try_take("e", "g", "a") else {
+        let Ok(a) = s.try_take("e", "g", "a") else {
             panic!()
         };
-        let Take::Lease(b) = s.try_take("e", "g", "b") else {
+        let Ok(b) = s.try_take("e", "g", "b") else {
             panic!()
         };
         assert!(a.sold_out());
@@ -321,14 +325,14 @@ mod tests {
     #[test]
     fn unknown_goods_is_unknown() {
         let s = one_goods(5);
-        assert!(matches!(s.try_take("e", "x", "a"), Take::Unknown));
-        assert!(matches!(s.try_take("x", "g", "a"), Take::Unknown));
+        assert!(matches!(s.try_take("e", "x", "a"), Err(NoLease::Unknown)));
+        assert!(matches!(s.try_take("x", "g", "a"), Err(NoLease::Unknown)));
     }
 
     #[test]
     fn learn_lowers_to_redis_and_resets_on_new_epoch() {
         let s = one_goods(10);
-        let Take::Lease(l) = s.try_take("e", "g", "a") else {
+        let Ok(l) = s.try_take("e", "g", "a") else {
             panic!()
         };
         l.commit();
@@ -342,10 +346,7 @@ mod tests {
         );
         s.learn("e", "g", 50, 2);
         assert_eq!(s.left("e", "g"), Some(50));
-        assert!(
-            matches!(s.try_take("e", "g", "a"), Take::Lease(_)),
-            "reset forgets buyers"
-        );
+        assert!(s.try_take("e", "g", "a").is_ok(), "reset forgets buyers");
     }
 
     #[test]

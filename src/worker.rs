@@ -47,6 +47,7 @@ use crate::clock::Clock;
 use crate::codes::Code;
 use crate::deduct::{DeductError, DeductOutcome, Deducter, Resolved};
 use crate::hijack::Task;
+use crate::http::response::DateCache;
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Popped};
 use crate::shutdown::Shutdown;
@@ -68,6 +69,8 @@ pub struct Worker {
     shutdown: Shutdown,
     // Goods whose last deduct failed on a bad key: logged once until healed.
     broken: HashSet<(String, String)>,
+    // The answers' `Date`, formatted once per second.
+    date: DateCache,
 }
 
 impl Worker {
@@ -93,6 +96,7 @@ impl Worker {
             metrics,
             shutdown,
             broken: HashSet::new(),
+            date: DateCache::new(0),
         }
     }
 
@@ -200,6 +204,10 @@ impl Worker {
                 log::info!("goods {}/{}: deducts work again", goods.0, goods.1);
             }
         }
+        let code = match &result {
+            Ok(outcome) => Code::from(outcome),
+            Err(e) => Code::from(e),
+        };
         match result {
             Ok(DeductOutcome::Won {
                 order_id,
@@ -207,15 +215,13 @@ impl Worker {
             }) => {
                 let data =
                     serde_json::json!({"order_id": order_id, "stock_left": stock_left}).to_string();
-                self.finish(task, Settle::Commit, Code::Ok, Some(&data));
+                self.finish(task, Settle::Commit, code, Some(&data));
             }
-            Ok(DeductOutcome::NoStock) => self.finish(task, Settle::SoldOut, Code::NoStock, None),
+            Ok(DeductOutcome::NoStock) => self.finish(task, Settle::SoldOut, code, None),
             Ok(DeductOutcome::AlreadyPurchased) => {
-                self.finish(task, Settle::AlreadyBought, Code::AlreadyPurchased, None)
+                self.finish(task, Settle::AlreadyBought, code, None)
             }
-            Ok(DeductOutcome::NotFound) => {
-                self.finish(task, Settle::GiveBack, Code::NotFound, None)
-            }
+            Ok(DeductOutcome::NotFound) => self.finish(task, Settle::GiveBack, code, None),
             Err(e) => {
                 if bad_goods {
                     self.metrics.deduct_error();
@@ -231,7 +237,7 @@ impl Worker {
                 } else {
                     log::debug!("deduct failed: {e:?}");
                 }
-                self.finish(task, Settle::GiveBack, Code::RedisError, None)
+                self.finish(task, Settle::GiveBack, code, None)
             }
         }
     }
@@ -262,6 +268,7 @@ impl Worker {
             match found {
                 Ok(found) => {
                     for (task, found) in pending.into_iter().zip(found) {
+                        let code = Code::from(&found);
                         match found {
                             Resolved::Won {
                                 order_id,
@@ -269,11 +276,9 @@ impl Worker {
                             } => {
                                 let data = serde_json::json!({"order_id": order_id, "stock_left": stock_left})
                                     .to_string();
-                                self.finish(task, Settle::Commit, Code::Ok, Some(&data));
+                                self.finish(task, Settle::Commit, code, Some(&data));
                             }
-                            Resolved::NotSold => {
-                                self.finish(task, Settle::GiveBack, Code::RedisError, None)
-                            }
+                            Resolved::NotSold => self.finish(task, Settle::GiveBack, code, None),
                         }
                     }
                     return;
@@ -314,7 +319,7 @@ impl Worker {
             }
         }
         self.metrics.count_sale(code);
-        conn.answer(code, data);
+        conn.answer(code, data, self.date.get(self.clock.unix_s()));
     }
 }
 

@@ -14,12 +14,12 @@ use std::time::Instant;
 use seckill::auth::Signer;
 use seckill::catalog::EventDef;
 use seckill::conn::Buffers;
-use seckill::event_loop::{answer_buffered, Progress};
+use seckill::event_loop::answer_buffered;
 use seckill::http::parse::Limits;
 use seckill::http::response::DateCache;
 use seckill::metrics::Metrics;
 use seckill::public::Public;
-use seckill::service::Now;
+use seckill::service::{Answer, Now};
 
 struct Counting;
 
@@ -109,7 +109,7 @@ fn loop_answered_requests_allocate_nothing_per_request() {
         let progress = answer_buffered(bufs, &mut service, &limits, now, &metrics, &mut {
             usize::MAX
         });
-        assert!(matches!(progress, Progress::Answered), "{progress:?}");
+        assert!(matches!(progress, Answer::Open), "{progress:?}");
         assert!(bufs.unparsed().is_empty() && !bufs.closing);
         let answers = bufs.out.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
         assert_eq!(answers, requests);

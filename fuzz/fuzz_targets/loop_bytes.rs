@@ -13,13 +13,13 @@ use std::time::Instant;
 use libfuzzer_sys::fuzz_target;
 use seckill::catalog::EventDef;
 use seckill::conn::Buffers;
-use seckill::event_loop::{answer_buffered, Progress};
+use seckill::event_loop::{answer_buffered, TURN_WORK};
 use seckill::http::parse::Limits;
 use seckill::http::response::DateCache;
 use seckill::metrics::Metrics;
 use seckill::public::Public;
 use seckill::queue::Consumer;
-use seckill::service::Now;
+use seckill::service::{Answer, Now};
 
 /// Seeds in `fuzz/seeds/` carry tokens signed with this secret that expire
 /// at 4102444800; the harness's clock is fixed before that.
@@ -108,20 +108,22 @@ fuzz_target!(|data: &[u8]| {
     let mut bufs = Buffers::new(now.at);
     bufs.inbuf.extend_from_slice(data);
     loop {
-        let progress = answer_buffered(
+        let mut budget = TURN_WORK;
+        let answer = answer_buffered(
             &mut bufs,
             &mut h.service,
             &h.limits,
             now,
             &h.metrics,
-            &mut { seckill::event_loop::TURN_WORK },
+            &mut budget,
         );
         check(&bufs.out);
         // As if flushed to the socket.
         bufs.out.clear();
         bufs.out_pos = 0;
-        match progress {
-            Progress::Answered if !bufs.closing => continue,
+        match answer {
+            // Answered something and still open: go on with what is left.
+            Answer::Open if budget < TURN_WORK => continue,
             _ => break, // partial, closing, or hijacked (the claim's lease goes back)
         }
     }

@@ -1,7 +1,8 @@
 //! Stage 8 of 8: `Code` + JSON `data` -> HTTP/1.1 response bytes.
 //!
 //! In: the code, the `data` JSON text (or none, written `null`), whether the
-//! connection stays open, and any extra header (`Allow`, `Retry-After`).
+//! connection stays open, and any extra header (`Allow`; `Retry-After` goes
+//! with the codes that carry it).
 //! Out: bytes appended to the caller's buffer.
 //! Invariants: `Content-Length` is always computed from the body actually
 //! written; every response carries `Date`, `Content-Type` and an explicit
@@ -102,6 +103,12 @@ impl DateCache {
     }
 }
 
+/// The `Date` text for `unix_s`, formatted on its own: for the rare answer
+/// written where no `DateCache` is at hand (a `Hijacked` dropped unanswered).
+pub fn date_text(unix_s: u64) -> String {
+    String::from_utf8_lossy(&format_date(unix_s)).into_owned()
+}
+
 const EPOCH_DATE: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
 
 fn format_date(unix_s: u64) -> [u8; DATE_LEN] {
@@ -120,8 +127,6 @@ pub enum Extra {
     None,
     /// `Allow: <methods>` (405).
     Allow(&'static str),
-    /// `Retry-After: 1` (1004).
-    RetryAfter,
 }
 
 /// Appends a JSON response `{"code":..,"msg":..,"data":..}` to `out`.
@@ -147,6 +152,7 @@ pub fn write_json(
         keep_alive,
         date,
         extra,
+        code.retry_after(),
     );
     // Writing into a Vec cannot fail.
     let _ = write!(out, r#"{{"code":{number},"msg":"{msg}","data":{data}}}"#);
@@ -163,6 +169,7 @@ pub fn write_raw(out: &mut Vec<u8>, content_type: &str, body: &[u8], keep_alive:
         keep_alive,
         date,
         Extra::None,
+        false,
     );
     out.extend_from_slice(body);
 }
@@ -177,6 +184,7 @@ fn write_head(
     keep_alive: bool,
     date: &str,
     extra: Extra,
+    retry_after: bool,
 ) {
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let _ = write!(
@@ -188,7 +196,9 @@ fn write_head(
         Extra::Allow(methods) => {
             let _ = write!(out, "Allow: {methods}\r\n");
         }
-        Extra::RetryAfter => out.extend_from_slice(b"Retry-After: 1\r\n"),
+    }
+    if retry_after {
+        out.extend_from_slice(b"Retry-After: 1\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -201,12 +211,6 @@ fn digits(n: u16) -> usize {
         1000..=9999 => 4,
         _ => 5,
     }
-}
-
-/// Escapes `s` as the inside of a JSON string (names in event JSON come from
-/// admins, but are still quoted properly).
-pub fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
 }
 
 #[cfg(test)]
@@ -262,7 +266,7 @@ mod tests {
 
     #[test]
     fn extras_and_close_are_written() {
-        let resp = text(Code::Busy, None, false, Extra::RetryAfter);
+        let resp = text(Code::Busy, None, false, Extra::None);
         assert!(resp.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(resp.contains("\r\nRetry-After: 1\r\n"));
         assert!(resp.contains("\r\nConnection: close\r\n"));
