@@ -7,9 +7,11 @@
 //!
 //! `cargo run --release --example idle_conns -- --addr 127.0.0.1:8080 --pid 1234 --conns 10000`
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use seckill::client;
 
 /// Memory per idle keep-alive connection.
 #[derive(clap::Parser)]
@@ -42,19 +44,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Args { addr, pid, conns } = clap::Parser::parse();
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(conns);
-    let mut buf = [0u8; 1024];
+    let mut buf = Vec::new();
     for _ in 0..conns {
         let mut s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut got = 0;
-        // The answer is small and ends with the body `...null}`.
-        while got == 0 || buf[got - 1] != b'}' {
-            let n = s.read(&mut buf[got..])?;
-            if n == 0 {
-                return Err("server closed a keep-alive connection".into());
-            }
-            got += n;
+        buf.clear();
+        let answer = client::read(&mut s, &mut buf).map_err(|e| format!("/healthz: {e:?}"))?;
+        if answer.closes() {
+            return Err("server closed a keep-alive connection".into());
         }
         held.push(s);
     }

@@ -14,18 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use seckill::attempt::Attempt;
-use seckill::breaker::Breaker;
 use seckill::bucket::Bucket;
 use seckill::clock::{Clock, SystemClock};
 use seckill::config::QueueConfig;
 use seckill::conn::Slots;
-use seckill::deduct::Deducter;
 use seckill::hijack::{Hijacked, Task};
 use seckill::linger::Linger;
 use seckill::metrics::Metrics;
 use seckill::queue;
 use seckill::shutdown::Shutdown;
 use seckill::stock::Stock;
+use seckill::store::breaker::Breaker;
+use seckill::store::deduct::Deducter;
 use seckill::worker::Worker;
 
 /// The worker alone, with its queue kept full.

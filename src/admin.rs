@@ -23,16 +23,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::auth::valid_id;
 use crate::catalog::{EventDef, GoodsDef};
 use crate::clock::Clock;
 use crate::codes::Code;
 use crate::http::parse::Request;
-use crate::keys::{self, GoodsKeys};
 use crate::metrics::{Metrics, RouteLabel};
-use crate::redis_conn::LazyConn;
 use crate::route::{self, Route, RouteError};
 use crate::service::{Answer, Now, Reply, Service};
+use crate::store::conn::LazyConn;
+use crate::store::keys::valid_id;
+use crate::store::keys::{self, GoodsKeys};
 
 /// The admin listener's service.
 pub struct Admin {

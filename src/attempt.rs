@@ -11,7 +11,7 @@
 
 use serde::Deserialize;
 
-use crate::auth::valid_id;
+use crate::store::keys::valid_id;
 
 /// A checked cart-add: who wants which goods of which event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,10 +9,10 @@
 use crate::admin::Fail;
 use crate::attempt::BadAttempt;
 use crate::auth::AuthError;
-use crate::deduct::{DeductError, DeductOutcome, Resolved};
 use crate::http::parse::HttpError;
 use crate::route::RouteError;
 use crate::stock::NoLease;
+use crate::store::deduct::{DeductError, DeductOutcome, Resolved};
 
 /// One row of the SPEC's code table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

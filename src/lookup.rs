@@ -26,15 +26,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use redis::Value;
 
-use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::codes::Code;
 use crate::hijack::Hijacked;
 use crate::http::response::DateCache;
-use crate::keys::GoodsKeys;
 use crate::metrics::Metrics;
-use crate::redis_conn::{LazyConn, TripError};
 use crate::shutdown::Shutdown;
+use crate::store::breaker::Breaker;
+use crate::store::conn::{LazyConn, TripError};
+use crate::store::keys::GoodsKeys;
 
 /// Result requests waiting for Redis at most.
 const BACKLOG: usize = 4096;

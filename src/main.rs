@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use seckill::auth::{valid_id, Signer};
+use seckill::auth::Signer;
 use seckill::clock::{Clock, SystemClock};
 use seckill::config::Config;
+use seckill::store::keys::valid_id;
 
 #[derive(Parser)]
 #[command(
@@ -159,7 +160,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(_) => return Err("--duration must be a number of seconds above 0".into()),
                 None => None,
             };
-            seckill::bench::run(seckill::bench::BenchConfig {
+            seckill::client::bench::run(seckill::client::bench::BenchConfig {
                 url: a.url,
                 event: a.event,
                 goods: a.goods,

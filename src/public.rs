@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::attempt::{self, Attempt};
-use crate::auth::{valid_id, AuthError, Signer};
+use crate::auth::{AuthError, Signer};
 use crate::blacklist::Blacklist;
-use crate::breaker::Breaker;
 use crate::catalog::{Catalog, EventDef, Snapshot};
 use crate::codes::Code;
 use crate::config::QueueConfig;
@@ -35,6 +34,8 @@ use crate::queue::{self, Consumer, Producer};
 use crate::route::{self, Route, RouteError};
 use crate::service::{Answer, Now, Reply, Service};
 use crate::stock::Stock;
+use crate::store::breaker::Breaker;
+use crate::store::keys::valid_id;
 
 /// The public listener's service. One per event loop; the handles inside are
 /// shared.

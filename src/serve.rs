@@ -26,13 +26,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::admin::Admin;
 use crate::auth::Signer;
 use crate::blacklist::Blacklist;
-use crate::breaker::Breaker;
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, Refresher};
 use crate::clock::Clock;
 use crate::config::{Config, SHOP_QUEUE};
 use crate::conn::Slots;
-use crate::deduct::Deducter;
 use crate::event_loop::{EventLoop, LoopConfig};
 use crate::hijack::Handoff;
 use crate::http::parse::Limits;
@@ -43,6 +41,8 @@ use crate::public::Public;
 use crate::queue;
 use crate::shutdown::Shutdown;
 use crate::stock::Stock;
+use crate::store::breaker::Breaker;
+use crate::store::deduct::Deducter;
 use crate::worker::Worker;
 
 /// Listen backlog: a burst of new connections must not overflow it (the

@@ -41,16 +41,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::attempt::Attempt;
-use crate::breaker::Breaker;
 use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::deduct::{DeductError, DeductOutcome, Deducter, Resolved};
 use crate::hijack::Task;
 use crate::http::response::DateCache;
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Popped};
 use crate::shutdown::Shutdown;
+use crate::store::breaker::Breaker;
+use crate::store::deduct::{DeductError, DeductOutcome, Deducter, Resolved};
 
 /// Tasks sent to Redis in one round trip at most.
 pub const MAX_BATCH: usize = 64;

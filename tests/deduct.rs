@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use seckill::attempt::Attempt;
-use seckill::deduct::{script_sha, DeductOutcome, Deducter, SCRIPT};
+use seckill::store::deduct::{script_sha, DeductOutcome, Deducter, SCRIPT};
 use support::{
     buy_bytes, config, eventually, hold_worker, metric_value, release_worker, RedisServer, Seckill,
     FAR,

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use seckill::client::{self, ReadError};
 use seckill::config::{Config, QueueConfig, SHOP_QUEUE};
 
 /// Every socket read or write in a test gives up after this.
@@ -451,6 +452,25 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+impl From<&client::Response<'_>> for Response {
+    fn from(r: &client::Response<'_>) -> Self {
+        Response {
+            status: r.status,
+            headers: r
+                .headers()
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: r.body.to_vec(),
+        }
+    }
+}
+
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -520,60 +540,21 @@ impl Client {
         self.stream.write_all(bytes).expect("write request");
     }
 
-    /// Reads one response; None if the server closed first.
+    /// Reads one response; None if the server closed first. Read with
+    /// the crate's own reader (`seckill::client`), kept as owned parts.
     pub fn try_read(&mut self) -> Option<Response> {
-        loop {
-            if let Some(r) = self.parse_buffered() {
-                return Some(r);
-            }
-            let mut chunk = [0u8; 8192];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read response: {e}"),
-            }
-        }
+        let (resp, len) = match client::read(&mut self.stream, &mut self.buf) {
+            Ok(r) => (Response::from(&r), r.len),
+            Err(ReadError::Closed | ReadError::Reset) => return None,
+            Err(e) => panic!("read response: {e:?}"),
+        };
+        self.buf.drain(..len);
+        Some(resp)
     }
 
     pub fn read(&mut self) -> Response {
         self.try_read()
             .expect("a response before the server closed")
-    }
-
-    fn parse_buffered(&mut self) -> Option<Response> {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        let head_len = match resp.parse(&self.buf).expect("a valid HTTP response") {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => return None,
-        };
-        let headers: Vec<(String, String)> = resp
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.parse().expect("numeric Content-Length"))
-            .expect("every response has Content-Length");
-        if self.buf.len() < head_len + len {
-            return None;
-        }
-        let status = resp.code.expect("status");
-        let body = self.buf[head_len..head_len + len].to_vec();
-        self.buf.drain(..head_len + len);
-        Some(Response {
-            status,
-            headers,
-            body,
-        })
     }
 
     /// True when the server has closed the connection (EOF, or reset).

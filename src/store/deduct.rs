@@ -5,7 +5,7 @@
 //! Invariants: one `EVALSHA` per attempt, pipelined per batch; only a
 //! NOSCRIPT reply falls back to `EVAL` with the full script (after `SCRIPT
 //! FLUSH` or on a fresh Redis); the script's SHA1 is computed once, at
-//! start. The connection is a `redis_conn::LazyConn`: every call has the
+//! start. The connection is a `conn::LazyConn`: every call has the
 //! `redis.timeout_ms` timeout, and a failed connection is made anew.
 //!
 //! # Knowing whether a sale happened
@@ -29,8 +29,8 @@ use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use sha1::{Digest, Sha1};
 
 use crate::attempt::Attempt;
-use crate::keys::{self, GoodsKeys};
-use crate::redis_conn::{ClientId, LazyConn, TripError};
+use crate::store::conn::{ClientId, LazyConn, TripError};
+use crate::store::keys::{self, GoodsKeys};
 
 /// The script, kept in its own file so it reads and diffs as Lua.
 pub const SCRIPT: &str = include_str!("deduct.lua");

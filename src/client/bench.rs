@@ -1,4 +1,4 @@
-//! `seckill bench`: the client side, a load generator (SPEC §8).
+//! `seckill bench`: the load generator (SPEC §8).
 //!
 //! Mints one token per user (`<prefix>0` .. `<prefix>(N-1)`) with the
 //! server's secret, then drives `concurrency` connections, one thread each:
@@ -15,13 +15,14 @@
 //! Never: used by the server; it only speaks HTTP to one.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::Signer;
+use crate::client::{self, ReadError};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -87,63 +88,20 @@ fn addr_of(url: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--url {url}: no address"))
 }
 
-/// Reads one HTTP response; returns (status, code in the JSON body, server closes).
-fn read_response(
+/// Reads one response; returns (status, code in the JSON body, server closes).
+fn read_answer(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Result<(u16, i64, bool), &'static str> {
     buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = resp.parse(buf) {
-            let mut len = 0usize;
-            let mut close = false;
-            for h in resp.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    len = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .ok_or("bad response")?;
-                } else if h.name.eq_ignore_ascii_case("connection") {
-                    close = h.value.eq_ignore_ascii_case(b"close");
-                }
-            }
-            let status = resp.code.unwrap_or(0);
-            if buf.len() >= head + len {
-                let body = &buf[head..head + len];
-                let code = json_code(body).ok_or("bad response")?;
-                return Ok((status, code, close));
-            }
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err("closed early"),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err("timeout")
-            }
-            Err(_) => return Err("reset"),
-        }
-    }
-}
-
-/// The `code` of a `{"code":N,...}` body, without a JSON parser.
-fn json_code(body: &[u8]) -> Option<i64> {
-    let at = body.windows(7).position(|w| w == b"\"code\":")? + 7;
-    let digits: Vec<u8> = body[at..]
-        .iter()
-        .copied()
-        .skip_while(u8::is_ascii_whitespace)
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    let resp = client::read(stream, buf).map_err(|e| match e {
+        ReadError::Malformed => "bad response",
+        ReadError::Closed => "closed early",
+        ReadError::Timeout => "timeout",
+        ReadError::Reset => "reset",
+    })?;
+    let code = resp.code().ok_or("bad response")?;
+    Ok((resp.status, code, resp.closes()))
 }
 
 /// Asks the server for the goods' stock before the run.
@@ -155,13 +113,9 @@ fn stock_before(addr: SocketAddr, cfg: &BenchConfig) -> Option<i64> {
         cfg.event
     );
     s.write_all(req.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let body = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| &raw[i + 4..])?;
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut buf = Vec::new();
+    let resp = client::read(&mut s, &mut buf).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(resp.body).ok()?;
     v["data"]["goods"]
         .as_array()?
         .iter()
@@ -242,7 +196,7 @@ pub fn run(cfg: BenchConfig) -> Result<(), String> {
                     let result = stream
                         .write_all(request)
                         .map_err(|_| "write")
-                        .and_then(|()| read_response(&mut stream, &mut buf));
+                        .and_then(|()| read_answer(&mut stream, &mut buf));
                     let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
                     match result {
                         Ok((status, code, close)) => {
@@ -389,16 +343,6 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn code_is_read_from_the_body() {
-        assert_eq!(
-            json_code(br#"{"code":1001,"msg":"no stock","data":null}"#),
-            Some(1001)
-        );
-        assert_eq!(json_code(br#"{"code": 0,"msg":"ok"}"#), Some(0));
-        assert_eq!(json_code(b"nothing"), None);
-    }
 
     #[test]
     fn percentiles_pick_the_ceiling_rank() {

@@ -1,9 +1,20 @@
-//! Beside the path: every Redis key of SPEC §3, built in one place.
+//! Every Redis key of SPEC §3, built in one place, and the id syntax that
+//! keeps them apart.
 //!
 //! All keys of one goods share the hash tag `{E:G}`, so the deduct's three
-//! keys land in one slot on Redis Cluster too. Ids are checked
-//! (`[A-Za-z0-9_-]{1,64}`) before they get here, so no id can carry `{`, `}`
-//! or `:` and forge another goods' tag.
+//! keys land in one slot on Redis Cluster too. Every id (uid, event, goods)
+//! passes `valid_id` (`[A-Za-z0-9_-]{1,64}`) where it enters: the token
+//! (auth), the body (attempt), the admin's definition and the stored event
+//! (catalog). So no id can carry `{`, `}` or `:` and forge another goods'
+//! tag.
+
+/// True when `id` matches `[A-Za-z0-9_-]{1,64}` (uids, event and goods ids).
+pub fn valid_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
 /// Hash of event_id → event JSON.
 pub const EVENTS: &str = "seckill:events";
@@ -44,5 +55,25 @@ mod tests {
         assert_eq!(k.stock, "seckill:{e1:g1}:stock");
         assert_eq!(k.buyers, "seckill:{e1:g1}:buyers");
         assert_eq!(k.orders, "seckill:{e1:g1}:orders");
+    }
+
+    #[test]
+    fn ids_follow_the_spec_pattern() {
+        assert!(valid_id(b"e1"));
+        assert!(valid_id(b"A-z_09"));
+        assert!(valid_id("x".repeat(64).as_bytes()));
+        for bad in [
+            &b""[..],
+            b"a:b",
+            b"a{b",
+            b"a}b",
+            b"a#",
+            b"a*",
+            b"a b",
+            b"\xc3\xa9",
+            "x".repeat(65).as_bytes(),
+        ] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
     }
 }

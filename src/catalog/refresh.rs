@@ -1,0 +1,233 @@
+//! The refresh threads: Redis -> the catalog, on every change and every
+//! `REFRESH`.
+//!
+//! The refresh thread reads `seckill:events` and each goods' stock key,
+//! builds a `Snapshot` and publishes it; the pub/sub thread listens on
+//! `seckill:events:changed` and pokes it to read again at once. It re-reads
+//! every `REFRESH` anyway, so a lost message heals and every node learns of
+//! a change within 1 s (SPEC §2).
+//!
+//! One bad key costs only what it belongs to (SPEC §6.3): an event whose
+//! JSON does not parse, or a goods whose stock key has the wrong type or is
+//! not an integer, is left out of the snapshot (so it answers 4004), logged
+//! once when it turns bad and once when it heals, and counted in
+//! `seckill_catalog_skipped`; every other event and goods stays live. A
+//! failed read keeps the last good snapshot and marks the node not ready.
+//! Never: runs on an event loop thread.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+
+use super::{stock_number, Catalog, EventDef, Snapshot};
+use crate::metrics::Metrics;
+use crate::stock::Stock;
+use crate::store::conn::{connect, LazyConn};
+use crate::store::keys::{self, GoodsKeys};
+
+/// How often the catalog is re-read even without a pub/sub message.
+pub const REFRESH: Duration = Duration::from_millis(500);
+
+/// Reads everything once and builds a snapshot, telling `stock` as it goes.
+/// The keys it had to skip are put in `bad`, each with why.
+fn read(
+    conn: &mut LazyConn,
+    stock: &Stock,
+    bad: &mut BTreeMap<String, String>,
+) -> redis::RedisResult<Snapshot> {
+    let raw = redis::cmd("HGETALL")
+        .arg(keys::EVENTS)
+        .query::<BTreeMap<String, Vec<u8>>>(conn.get()?);
+    let raw = conn.settle(raw)?;
+    let mut defs: Vec<EventDef> = Vec::with_capacity(raw.len());
+    for (id, json) in raw {
+        match serde_json::from_slice::<EventDef>(&json) {
+            Ok(def) if def.event_id == id && def.check().is_ok() => defs.push(def),
+            _ => {
+                bad.insert(format!("{} {id}", keys::EVENTS), "not a valid event".into());
+            }
+        }
+    }
+    // One goods' stock key of the wrong type fails only its own reply.
+    let mut pipe = redis::pipe();
+    for def in &defs {
+        for g in &def.goods {
+            pipe.cmd("GET")
+                .arg(GoodsKeys::new(&def.event_id, &g.goods_id).stock);
+        }
+    }
+    let replies = if pipe.is_empty() {
+        Vec::new()
+    } else {
+        conn.round_trip(&pipe, None)
+            .map_err(redis::RedisError::from)?
+    };
+    let mut replies = replies.into_iter();
+    let mut stocks = Vec::new();
+    for def in &mut defs {
+        let event_id = def.event_id.clone();
+        def.goods.retain(|g| {
+            let key = GoodsKeys::new(&event_id, &g.goods_id).stock;
+            let left = match replies.next() {
+                // A goods without a stock key has none left (the deduct
+                // answers it "not found").
+                Some(Ok(redis::Value::Nil)) => Ok(0),
+                Some(Ok(redis::Value::BulkString(b))) => std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(stock_number)
+                    .ok_or_else(|| "stock is not an integer".to_string()),
+                Some(Ok(other)) => Err(format!("unexpected reply {other:?}")),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("no reply".to_string()),
+            };
+            match left {
+                Ok(left) => {
+                    stocks.push(left.max(0));
+                    true
+                }
+                Err(why) => {
+                    bad.insert(key, why);
+                    false
+                }
+            }
+        });
+    }
+    Ok(Snapshot::build(&defs, stocks, stock))
+}
+
+/// Keeps the catalog and the stock table in step with Redis.
+pub struct Refresher {
+    conn: LazyConn,
+    catalog: Arc<Catalog>,
+    stock: Stock,
+    metrics: Metrics,
+    // The keys the last good read skipped, each with why (logged once).
+    bad: BTreeMap<String, String>,
+}
+
+impl Refresher {
+    /// A refresher for `url`; nothing is read until `refresh`.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        catalog: Arc<Catalog>,
+        stock: Stock,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
+        Ok(Refresher {
+            conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
+            catalog,
+            stock,
+            metrics,
+            bad: BTreeMap::new(),
+        })
+    }
+
+    /// Reads Redis once and publishes the snapshot; false when Redis failed.
+    pub fn refresh(&mut self) -> bool {
+        let mut bad = BTreeMap::new();
+        match read(&mut self.conn, &self.stock, &mut bad) {
+            Ok(snap) => {
+                self.catalog.replace(snap);
+                self.catalog.set_ready(true);
+                self.note_bad(bad);
+                true
+            }
+            // Redis answers, but `seckill:events` itself is unreadable (a
+            // wrong type): keep serving the last catalog; Redis is up.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
+                self.catalog.set_ready(true);
+                bad.insert(keys::EVENTS.to_string(), e.to_string());
+                self.note_bad(bad);
+                true
+            }
+            Err(e) => {
+                log::debug!("catalog read failed: {e}");
+                self.catalog.set_ready(false);
+                false
+            }
+        }
+    }
+
+    /// Logs keys that turned bad or healed since the last read (once each),
+    /// and counts the bad ones.
+    fn note_bad(&mut self, bad: BTreeMap<String, String>) {
+        for (key, why) in &bad {
+            if !self.bad.contains_key(key) {
+                log::warn!("catalog: skipping {key}: {why}; the rest of the catalog stays live");
+            }
+        }
+        let healed: BTreeSet<&String> = self.bad.keys().filter(|k| !bad.contains_key(*k)).collect();
+        for key in healed {
+            log::info!("catalog: {key} reads again");
+        }
+        self.metrics.catalog_skipped(bad.len());
+        self.bad = bad;
+    }
+
+    /// Runs in the background until `stop`: re-reads every `REFRESH`, and at
+    /// once when the pub/sub thread hears of a change.
+    pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+        let (tx, rx) = bounded::<()>(1);
+        let client = self.conn.client().clone();
+        let timeout = self.conn.timeout();
+        let sub_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("seckill-pubsub".into())
+            .spawn(move || listen(client, timeout, tx, sub_stop))?;
+        std::thread::Builder::new()
+            .name("seckill-catalog".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    self.refresh();
+                    // A message, or REFRESH without one: read again.
+                    let _ = rx.recv_timeout(REFRESH);
+                }
+            })?;
+        Ok(())
+    }
+}
+
+/// Subscribes to the change channel and pokes the refresher on each message;
+/// reconnects with a growing pause (up to 5 s) when Redis is away.
+fn listen(client: redis::Client, timeout: Duration, poke: Sender<()>, stop: Arc<AtomicBool>) {
+    let mut pause = Duration::from_millis(100);
+    while !stop.load(Ordering::Acquire) {
+        let mut conn = match connect(&client, timeout) {
+            Ok(c) => c,
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut pubsub = conn.as_pubsub();
+        if pubsub.subscribe(keys::CHANGED).is_err()
+            || pubsub
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .is_err()
+        {
+            continue;
+        }
+        pause = Duration::from_millis(100);
+        // Anything may have changed while we were not listening.
+        let _ = poke.try_send(());
+        while !stop.load(Ordering::Acquire) {
+            match pubsub.get_message() {
+                Ok(_) => {
+                    let _ = poke.try_send(());
+                }
+                Err(e) if e.is_timeout() => {}
+                Err(_) => break,
+            }
+        }
+    }
+}

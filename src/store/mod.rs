@@ -1,0 +1,18 @@
+//! The Redis access layer: everything that knows how seckill's state is
+//! laid out in Redis and how to reach it.
+//!
+//! - [`keys`]: every key of SPEC §3, and the id syntax that keeps goods
+//!   apart.
+//! - [`conn`]: a connection made on first use and made again after a
+//!   failure; one deadline per round trip.
+//! - [`breaker`]: the circuit breaker every Redis caller on the sale path
+//!   shares.
+//! - [`deduct`] (stage 7 of the request path) and `deduct.lua`: the sale,
+//!   one atomic script per attempt.
+//!
+//! Redis Cluster (routing by the `{E:G}` hash tag) belongs here too.
+
+pub mod breaker;
+pub mod conn;
+pub mod deduct;
+pub mod keys;
