@@ -207,7 +207,7 @@ log "idle connections: ${MEM:-failed}"
 # ---- the worker alone vs redis-benchmark on the same script ----
 W_OUT=$("$WORKER" --redis "redis://127.0.0.1:$RPORT/" --goods w --tasks 5000 --rounds 4 2>/dev/null)
 W_RATE=$(sed -E 's/.*deducts_per_s=([0-9]+).*/\1/' <<<"$W_OUT")
-SHA=$(rcli script load "$(cat src/deduct.lua)")
+SHA=$(rcli script load "$(cat src/store/deduct.lua)")
 RB=$(redis-benchmark -h 127.0.0.1 -p "$RPORT" -n 200000 -P 16 -r 1000000000 -q \
   evalsha "$SHA" 3 'seckill:{e1:rb}:stock' 'seckill:{e1:rb}:buyers' 'seckill:{e1:rb}:orders' \
   'u__rand_int__' e1 rb 0 2>/dev/null | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{printf "%.0f", $1}')

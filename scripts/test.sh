@@ -12,8 +12,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo clippy --lib --bins -- -D warnings (the shipped build: no test fixtures)"
+cargo clippy --lib --bins --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets
-echo "== cargo doc (warnings denied)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+echo "== cargo doc (warnings denied; private items too: the docs are the map)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
 echo "== all checks passed"

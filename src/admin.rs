@@ -35,7 +35,7 @@ use crate::store::keys::valid_id;
 use crate::store::keys::{self, GoodsKeys};
 
 /// The admin listener's service.
-pub struct Admin {
+pub(crate) struct Admin {
     key: String,
     conn: LazyConn,
     clock: std::sync::Arc<dyn Clock>,
@@ -75,7 +75,7 @@ type AdminResult = Result<Option<String>, Fail>;
 
 impl Admin {
     /// An admin service with bearer `key`, talking to Redis at `url`.
-    pub fn new(
+    pub(crate) fn new(
         key: String,
         url: &str,
         timeout: Duration,

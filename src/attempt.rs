@@ -26,7 +26,7 @@ pub struct Attempt {
 
 /// The body or an id was not acceptable (4000).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadAttempt;
+pub(crate) struct BadAttempt;
 
 #[derive(Deserialize)]
 struct Body<'a> {
@@ -37,7 +37,7 @@ struct Body<'a> {
 }
 
 /// The ids of a cart-add body, borrowed from it.
-pub fn parse_ids(body: &[u8]) -> Result<(&str, &str), BadAttempt> {
+pub(crate) fn parse_ids(body: &[u8]) -> Result<(&str, &str), BadAttempt> {
     // serde's derived struct also accepts a JSON array of the fields in
     // order (`["e1","g1"]`); the SPEC's body is an object, nothing else.
     if body.trim_ascii_start().first() != Some(&b'{') {

@@ -38,7 +38,7 @@ enum Seen {
 
 impl Blacklist {
     /// An empty blacklist.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Blacklist {
             empty: Arc::new(AtomicBool::new(true)),
             uids: Arc::default(),
@@ -46,7 +46,7 @@ impl Blacklist {
     }
 
     /// Whether `uid` is blocked.
-    pub fn contains(&self, uid: &str) -> bool {
+    pub(crate) fn contains(&self, uid: &str) -> bool {
         !self.empty.load(Ordering::Relaxed) && self.uids.read().contains(uid)
     }
 
@@ -64,7 +64,7 @@ impl Blacklist {
     }
 
     /// Watches `path` on a thread of its own until `stop`.
-    pub fn watch(&self, path: PathBuf, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    pub(crate) fn watch(&self, path: PathBuf, stop: Arc<AtomicBool>) -> std::io::Result<()> {
         let list = self.clone();
         let mut seen = Seen::Never;
         seen = list.look(&path, seen);

@@ -39,7 +39,7 @@ impl Bucket {
     }
 
     /// Spends one token, or says how long until one is there.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         if self.rate == 0 {
             return Ok(());
         }
@@ -55,7 +55,7 @@ impl Bucket {
 
     /// Tokens that could be spent right now without waiting (the worker's
     /// batch size). `usize::MAX` when unlimited.
-    pub fn available(&mut self, now: Instant) -> usize {
+    pub(crate) fn available(&mut self, now: Instant) -> usize {
         if self.rate == 0 {
             return usize::MAX;
         }

@@ -5,10 +5,7 @@
 //! itself, so unit tests can move time by hand. `SystemClock` is the real one;
 //! `ManualClock` is for tests and only moves when told to.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use parking_lot::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Monotonic time for deadlines and pacing; wall time for expiry and windows.
 pub trait Clock: Send + Sync {
@@ -43,38 +40,54 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when `advance` is called. Tests only.
-#[derive(Debug, Clone)]
-pub struct ManualClock {
-    inner: Arc<Mutex<(Instant, u64)>>,
-}
+#[cfg(any(test, feature = "testing"))]
+pub use manual::ManualClock;
 
-impl ManualClock {
-    /// Starts at the real monotonic now and at `unix_ms`.
-    pub fn new(unix_ms: u64) -> Self {
-        ManualClock {
-            inner: Arc::new(Mutex::new((Instant::now(), unix_ms))),
+/// The test fixture clock: built for unit tests and with the `testing`
+/// feature only.
+#[cfg(any(test, feature = "testing"))]
+mod manual {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use parking_lot::Mutex;
+
+    use super::Clock;
+
+    /// A clock that moves only when `advance` is called. A test fixture: built
+    /// for unit tests and with the `testing` feature only.
+    #[derive(Debug, Clone)]
+    pub struct ManualClock {
+        inner: Arc<Mutex<(Instant, u64)>>,
+    }
+
+    impl ManualClock {
+        /// Starts at the real monotonic now and at `unix_ms`.
+        pub fn new(unix_ms: u64) -> Self {
+            ManualClock {
+                inner: Arc::new(Mutex::new((Instant::now(), unix_ms))),
+            }
+        }
+
+        /// Moves both clocks forward by `d`.
+        pub fn advance(&self, d: Duration) {
+            let mut g = self.inner.lock();
+            g.0 += d;
+            g.1 += d.as_millis() as u64;
         }
     }
 
-    /// Moves both clocks forward by `d`.
-    pub fn advance(&self, d: Duration) {
-        let mut g = self.inner.lock();
-        g.0 += d;
-        g.1 += d.as_millis() as u64;
-    }
-}
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            self.inner.lock().0
+        }
 
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.inner.lock().0
-    }
+        fn unix_s(&self) -> u64 {
+            self.inner.lock().1 / 1000
+        }
 
-    fn unix_s(&self) -> u64 {
-        self.inner.lock().1 / 1000
-    }
-
-    fn unix_ms(&self) -> u64 {
-        self.inner.lock().1
+        fn unix_ms(&self) -> u64 {
+            self.inner.lock().1
+        }
     }
 }

@@ -56,7 +56,7 @@ pub enum Code {
 impl Code {
     /// Every code, for tables and tests. INVARIANT: in declaration order,
     /// so `code as usize` is a code's place here (a test checks).
-    pub const ALL: [Code; 17] = [
+    pub(crate) const ALL: [Code; 17] = [
         Code::Ok,
         Code::NoStock,
         Code::RedisError,
@@ -77,7 +77,7 @@ impl Code {
     ];
 
     /// The `code` field of the JSON body.
-    pub fn number(self) -> u16 {
+    pub(crate) fn number(self) -> u16 {
         match self {
             Code::Ok => 0,
             Code::NoStock => 1001,
@@ -99,7 +99,7 @@ impl Code {
     }
 
     /// The HTTP status line's code and reason.
-    pub fn status(self) -> (u16, &'static str) {
+    pub(crate) fn status(self) -> (u16, &'static str) {
         match self {
             Code::Ok | Code::NoStock | Code::AlreadyPurchased | Code::NotStarted | Code::Ended => {
                 (200, "OK")
@@ -119,7 +119,7 @@ impl Code {
     }
 
     /// The `msg` field of the JSON body.
-    pub fn msg(self) -> &'static str {
+    pub(crate) fn msg(self) -> &'static str {
         match self {
             Code::Ok => "ok",
             Code::NoStock => "no stock",
@@ -141,12 +141,12 @@ impl Code {
     }
 
     /// SPEC §2: these carry `Retry-After: 1` (1004: try again in a second).
-    pub fn retry_after(self) -> bool {
+    pub(crate) fn retry_after(self) -> bool {
         matches!(self, Code::Busy)
     }
 
     /// SPEC §2: after these the server answers `Connection: close` and closes.
-    pub fn closes(self) -> bool {
+    pub(crate) fn closes(self) -> bool {
         matches!(
             self,
             Code::BadRequest | Code::ReadTimeout | Code::PayloadTooLarge | Code::HeaderTooLarge

@@ -29,13 +29,13 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 /// Bytes read from the socket per `read` call.
-pub const READ_CHUNK: usize = 4096;
+pub(crate) const READ_CHUNK: usize = 4096;
 /// Unflushed answer bytes past which the connection stops parsing.
-pub const OUT_HIGH: usize = 64 * 1024;
+pub(crate) const OUT_HIGH: usize = 64 * 1024;
 
 /// What a read found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ReadOutcome {
+pub(crate) enum ReadOutcome {
     /// New bytes are in `inbuf`.
     Data,
     /// Nothing more for now.
@@ -81,7 +81,7 @@ impl Slots {
     }
 
     /// Slots held now.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.0.held.load(Ordering::Acquire)
     }
 }
@@ -99,20 +99,20 @@ impl Drop for Slot {
 
 /// One connection: its socket, its buffers and its slot.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// The socket, registered with the loop's poll.
-    pub stream: TcpStream,
+    pub(crate) stream: TcpStream,
     /// Everything but the socket.
-    pub bufs: Buffers,
+    pub(crate) bufs: Buffers,
     /// Its unit of `max_connections`.
-    pub slot: Slot,
+    pub(crate) slot: Slot,
     /// Registered with the loop's poll (not yet, while its first turn runs
     /// inside `accept`).
-    pub registered: bool,
+    pub(crate) registered: bool,
     /// The loop turn in which it is due from the ready list (it used up
     /// its last turn with work left), or 0. INVARIANT: the connection is on
     /// the ready list at most once, and driven at most once per turn.
-    pub ready_turn: u64,
+    pub(crate) ready_turn: u64,
 }
 
 /// A connection's bytes and timers, without its socket: what the
@@ -122,23 +122,23 @@ pub struct Buffers {
     /// Bytes read; the unparsed part starts at `read_start`.
     pub inbuf: Vec<u8>,
     /// Start of the first unparsed byte in `inbuf`.
-    pub read_start: usize,
+    pub(crate) read_start: usize,
     /// Answers; the unflushed part starts at `out_pos`.
     pub out: Vec<u8>,
     /// Start of the first unflushed byte in `out`.
     pub out_pos: usize,
     /// When the request now in progress sent its first byte.
-    pub began_at: Option<Instant>,
+    pub(crate) began_at: Option<Instant>,
     /// Last time bytes moved either way.
-    pub active_at: Instant,
+    pub(crate) active_at: Instant,
     /// Close once `out` is flushed.
     pub closing: bool,
     /// The peer sent EOF: answer what is buffered, then close.
-    pub peer_closed: bool,
+    pub(crate) peer_closed: bool,
     /// At least one request was answered on this connection. At a stop, a
     /// connection that has sent nothing yet gets a grace to send its
     /// request; an idle one that was served is closed at once.
-    pub served: bool,
+    pub(crate) served: bool,
 }
 
 impl Buffers {
@@ -163,12 +163,12 @@ impl Buffers {
     }
 
     /// Unflushed answer bytes.
-    pub fn pending_out(&self) -> usize {
+    pub(crate) fn pending_out(&self) -> usize {
         self.out.len() - self.out_pos
     }
 
     /// Marks `len` parsed bytes as used; the next request, if any, begins now.
-    pub fn consume(&mut self, len: usize, now: Instant) {
+    pub(crate) fn consume(&mut self, len: usize, now: Instant) {
         self.served = true;
         self.read_start += len;
         if self.read_start >= self.inbuf.len() {
@@ -181,7 +181,7 @@ impl Buffers {
     }
 
     /// The unflushed answer bytes, taken (for a hijack).
-    pub fn take_out(&mut self) -> Vec<u8> {
+    pub(crate) fn take_out(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.out);
         out.drain(..self.out_pos);
         self.out_pos = 0;
@@ -190,7 +190,11 @@ impl Buffers {
 
     /// When this connection must be dealt with, and whether a request is
     /// half-read then (408) rather than idle or stalled (plain close).
-    pub fn deadline(&self, read_timeout: Duration, keepalive_timeout: Duration) -> (Instant, bool) {
+    pub(crate) fn deadline(
+        &self,
+        read_timeout: Duration,
+        keepalive_timeout: Duration,
+    ) -> (Instant, bool) {
         if let Some(began) = self.began_at.filter(|_| !self.unparsed().is_empty()) {
             (began + read_timeout, true)
         } else if self.pending_out() > 0 {
@@ -203,7 +207,7 @@ impl Buffers {
 
 impl Conn {
     /// A fresh connection.
-    pub fn new(stream: TcpStream, slot: Slot, now: Instant) -> Self {
+    pub(crate) fn new(stream: TcpStream, slot: Slot, now: Instant) -> Self {
         Conn {
             stream,
             bufs: Buffers::new(now),
@@ -214,7 +218,7 @@ impl Conn {
     }
 
     /// Reads one chunk (retrying `Interrupted`).
-    pub fn read_some(&mut self, now: Instant) -> ReadOutcome {
+    pub(crate) fn read_some(&mut self, now: Instant) -> ReadOutcome {
         let b = &mut self.bufs;
         if b.read_start > 0 {
             b.inbuf.drain(..b.read_start);
@@ -250,7 +254,7 @@ impl Conn {
     }
 
     /// Writes what the socket takes. Err means the peer is gone.
-    pub fn flush(&mut self, now: Instant) -> std::io::Result<()> {
+    pub(crate) fn flush(&mut self, now: Instant) -> std::io::Result<()> {
         let b = &mut self.bufs;
         while b.out_pos < b.out.len() {
             match self.stream.write(&b.out[b.out_pos..]) {

@@ -19,9 +19,11 @@
 //!    nothing behind it (a read that `WouldBlock`s at once).
 //! 3. **`Interrupted` retries; `WouldBlock` waits; reset, broken pipe and
 //!    EOF close quietly.** A client leaving is not an error worth a log line.
-//! 4. **Deregister before moving a socket out** (the hijack; see `hijack`).
-//!    After `deregister` the poll reports nothing more for it, so the slot
-//!    can be reused at once.
+//! 4. **Deregister before moving a socket out.** A claimed connection
+//!    leaves the slab and goes to `hijack::Handoff::hand_over`, which
+//!    deregisters it before it makes it a plain socket. After `deregister`
+//!    the poll reports nothing more for it, so the slot can be reused at
+//!    once.
 //! 5. **One bad connection never hurts another.** Every error closes only
 //!    the connection it came from; nothing a client sends can panic the loop.
 //! 6. **Every limit is enforced here or in the parser**: head and body size,
@@ -90,17 +92,17 @@ const FRESH_GRACE: Duration = Duration::from_millis(500);
 
 /// Settings a loop runs with (from `[server]`).
 #[derive(Debug, Clone)]
-pub struct LoopConfig {
+pub(crate) struct LoopConfig {
     /// Parser limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// `read_timeout_ms`.
-    pub read_timeout: Duration,
+    pub(crate) read_timeout: Duration,
     /// `keepalive_timeout_ms`.
-    pub keepalive_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
 }
 
 /// One event loop.
-pub struct EventLoop<S: Service> {
+pub(crate) struct EventLoop<S: Service> {
     poll: Poll,
     listener: Option<TcpListener>,
     conns: Slab<Conn>,
@@ -216,7 +218,7 @@ impl<S: Service> EventLoop<S> {
     /// A loop serving `listener` with `service`, handing claimed
     /// connections to `handoff`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         mut listener: TcpListener,
         service: S,
         handoff: Option<Handoff>,
@@ -255,7 +257,7 @@ impl<S: Service> EventLoop<S> {
     }
 
     /// Serves until the stop flag is set and in-flight requests are done.
-    pub fn run(mut self) -> std::io::Result<()> {
+    pub(crate) fn run(mut self) -> std::io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut swept_at = self.clock.now();
         loop {

@@ -88,22 +88,22 @@ pub enum Claim {
 /// linger thread that ends their sockets gently. One per public loop; the
 /// handles inside are shared.
 #[derive(Clone)]
-pub struct Handoff {
+pub(crate) struct Handoff {
     /// The fan-in queue to the worker.
-    pub queue: Arc<dyn Producer>,
+    pub(crate) queue: Arc<dyn Producer>,
     /// The `/shop/result` thread.
-    pub lookup: Lookup,
+    pub(crate) lookup: Lookup,
     /// Finishes slow answers.
-    pub linger: Linger,
+    pub(crate) linger: Linger,
     /// Counts a 1004 for a queue found full.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
 }
 
 impl Handoff {
     /// The hand-over (see the contract above): takes `conn` off the poll
     /// behind `registry`, makes it a plain socket owed one answer, and
     /// passes it on with its claim. `now` is when its request was read.
-    pub fn hand_over(&self, registry: &Registry, conn: Conn, claim: Claim, now: Now<'_>) {
+    pub(crate) fn hand_over(&self, registry: &Registry, conn: Conn, claim: Claim, now: Now<'_>) {
         let Conn {
             mut stream,
             mut bufs,
@@ -206,7 +206,7 @@ impl Hijacked {
 
     /// Answers with `Connection: close`, then closes. `date` is the `Date`
     /// header, from the answering thread's `DateCache`.
-    pub fn answer(mut self, code: Code, data: Option<&str>, date: &str) {
+    pub(crate) fn answer(mut self, code: Code, data: Option<&str>, date: &str) {
         self.respond(code, data, date);
     }
 

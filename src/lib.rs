@@ -4,67 +4,106 @@
 //! # The request path
 //!
 //! ```text
-//! client --TCP---> event_loop -> http/parse -> route + auth -> stock
-//!                    ^                                           |
-//!                    +-- errors, reads, "no stock": answered ----+ may win
-//!                        on the loop, connection kept alive      v
-//! closed <- http/response <- deduct.lua <- worker <- queue/ <- hijack
-//!                            (Redis)      (bucket)    (full: 1004)
+//! client --TCP---> event_loop -> http/parse -> public (route, auth, attempt) -> stock
+//!                    ^                                                             |
+//!                    +-- errors, reads, "no stock": answered on the loop ----------+ may win
+//!                        (service::Reply), connection kept alive                   v
+//! closed <- http/response <- store/deduct.lua <- worker <- queue/ <- hijack::Handoff
+//!                            (Redis)            (bucket)   (full: 1004)
 //! ```
 //!
-//! # Layout (in path order)
+//! One attempt, socket to answer, file by file (each module's doc says what
+//! comes in, what goes out, and what it never does):
 //!
-//! - [`event_loop`] 1: mio `Poll`: accept, read, write, timers; sole owner of
-//!   registered sockets. [`conn`]: one connection's buffers and deadlines.
-//! - [`http::parse`] 2: bytes -> `Partial` | `Complete(Request)` | `HttpError`.
-//! - [`route`], [`auth`], [`attempt`] 3: method + path -> `Route`; token
-//!   verify; body -> checked `Attempt`. [`public`] runs these in order.
-//! - [`stock`] 4: the node's memory share: `try_take` -> `Lease`.
-//! - [`hijack`], [`queue`] 5: the connection leaves the loop as a `Task` on
-//!   the bounded fan-in queue.
-//! - [`worker`], [`bucket`] 6: paced by the token bucket, 1003 when expired.
-//! - [`deduct`] 7: the Lua deduct (`deduct.lua`) -> `DeductOutcome`.
-//! - [`http::response`] 8: `Code` + JSON -> bytes, written to the socket.
+//! 1. [`event_loop`], [`conn`]: mio `Poll` per thread: accept, read, write,
+//!    timers; sole owner of registered sockets. `answer_buffered` is its
+//!    bytes-in -> bytes-out step.
+//! 2. [`http::parse`]: bytes -> `Partial` | `Complete(Request)` | `HttpError`.
+//! 3. [`service`]: what the loop hands a request to, and the one `Answer`
+//!    it gets back (written, or `Hijack` with a claim). [`public`] runs
+//!    [`route`] (404/405), [`auth`] (token, 4001), [`attempt`] (body and
+//!    ids, 4000) and the event window in order.
+//! 4. [`stock`]: the node's memory share: `try_take` -> `Lease` or `NoLease`.
+//! 5. [`hijack`]: `Handoff::hand_over` deregisters the socket, makes it a
+//!    `Hijacked` owed one answer and builds the `Task` for the bounded
+//!    fan-in [`queue`] (or the `Question` for [`lookup`]).
+//! 6. [`worker`], [`bucket`]: one worker, paced by the token bucket; 1003
+//!    past `request_timeout_ms`.
+//! 7. [`store::deduct`] and `store/deduct.lua`: the atomic sale in Redis ->
+//!    `DeductOutcome`.
+//! 8. [`http::response`]: `Code` + JSON -> bytes, written to the socket;
+//!    [`linger`] finishes the answers a slow client did not take at once.
 //!
-//! Beside the path: [`codes`] (the SPEC's code table), [`config`],
-//! [`breaker`] (Redis circuit breaker), [`blacklist`] (4003),
-//! [`clock`], [`keys`] (every Redis key), [`redis_conn`] (a Redis connection
-//! made on first use, remade after a failure), [`catalog`] (events, Redis ->
-//! memory), [`admin`], [`lookup`] (`/shop/result`), [`metrics`],
-//! [`service`] (what a loop hands requests to), [`linger`] (finishes slow
-//! answers and closes hijacked sockets without a reset), [`shutdown`] (the
-//! stop flag and the deadlines it caps), [`serve`] (wiring),
-//! [`bench`](mod@bench) (the load generator: the client side, not the server).
+//! Every cause (an `HttpError`, a `NoLease`, a `DeductOutcome`, ...) becomes
+//! a client's code in one place: [`codes`].
+//!
+//! # Where things live
+//!
+//! The rule, for what comes next: **a stage of the request path is a file
+//! at the top of `src/`** (or in `http/` and `queue/`, as today); **a concern
+//! beside the path that needs more than one file gets its own folder**;
+//! the wiring and the vocabulary every stage shares stay at the top.
+//!
+//! - [`store`]: the Redis access layer: keys and id syntax, connections,
+//!   the breaker, the deduct script. Redis Cluster goes here.
+//! - [`catalog`]: events and goods: the model admin shares, the snapshot
+//!   the loops read, the refresh threads.
+//! - [`client`]: the client side: the load generator and the one HTTP
+//!   response reader the tests and examples share.
+//! - The orders sink (stream -> PostgreSQL) gets `orders/`; limits against
+//!   scalpers, `limits/`.
+//! - Beside the path, one file each: [`admin`] (the admin listener),
+//!   [`lookup`] (`/shop/result`, answered off the loop), [`blacklist`].
+//! - The process: [`serve`] (wiring), [`config`], [`shutdown`] (the stop
+//!   flag and the deadlines it caps), and the shared vocabulary [`codes`],
+//!   [`clock`], [`metrics`].
 #![forbid(unsafe_code)]
+// The map links crate-private modules too: the docs are built with
+// `--document-private-items` (scripts/test.sh), where every link resolves.
+#![allow(rustdoc::private_intra_doc_links)]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod attempt;
-pub mod auth;
-pub mod bucket;
+// 1. The event loop and one connection's state.
 pub mod conn;
 pub mod event_loop;
-pub mod hijack;
+// 2 and 8. HTTP bytes in, HTTP bytes out.
 pub mod http;
+// 3. What the loop hands a request to, and the public listener's checks.
+pub mod service;
+// 3. The public listener's service: runs route, auth and attempt in order.
 pub mod public;
-pub mod queue;
-pub mod route;
+// 3. Routing, identity, validation.
+pub mod attempt;
+pub mod auth;
+pub(crate) mod route;
+// 4. The memory share.
 pub mod stock;
+// 5. The hand-over, and the queue.
+pub mod hijack;
+pub mod queue;
+// 6. The worker and its pacing.
+pub mod bucket;
 pub mod worker;
+// 7 lives in store/ (store::deduct). After 8: slow answers, closed gently.
+pub mod linger;
 
-pub mod admin;
-pub mod blacklist;
+// Beside the path: one folder per concern.
 pub mod catalog;
 pub mod client;
+pub mod store;
+// Beside the path: one file each.
+pub(crate) mod admin;
+pub(crate) mod blacklist;
+pub(crate) mod lookup;
+
+// The process: wiring, configuration, the stop, and the shared vocabulary.
+pub mod config;
+pub mod serve;
+pub mod shutdown;
+// The vocabulary every stage shares.
 pub mod clock;
 pub mod codes;
-pub mod config;
-pub mod linger;
-pub mod lookup;
 pub mod metrics;
-pub mod serve;
-pub mod service;
-pub mod shutdown;
-pub mod store;

@@ -40,11 +40,11 @@ use slab::Slab;
 use crate::conn::Slot;
 
 /// How long a client that does not read gets to take the rest of its answer.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long input is discarded after the answer, at most (SPEC §2: 1 s).
-pub const LINGER: Duration = Duration::from_secs(1);
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 /// At shutdown, what is still lingering gets this much more at most.
-pub const STOP_LINGER: Duration = Duration::from_millis(200);
+pub(crate) const STOP_LINGER: Duration = Duration::from_millis(200);
 /// Sockets waiting to be taken in at most; past that, they close at once.
 const INBOX: usize = 1024;
 /// How often the thread looks at its inbox and deadlines while it holds
@@ -81,7 +81,7 @@ impl Linger {
     /// Takes a non-blocking socket whose answer `out` is written up to
     /// `done`: writes the rest, then closes it lingering. A full inbox
     /// closes it now instead.
-    pub fn hand(&self, stream: std::net::TcpStream, slot: Slot, out: Vec<u8>, done: usize) {
+    pub(crate) fn hand(&self, stream: std::net::TcpStream, slot: Slot, out: Vec<u8>, done: usize) {
         let handover = Handover {
             stream,
             slot,

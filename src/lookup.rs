@@ -43,22 +43,22 @@ const MAX_BATCH: usize = 256;
 
 /// One result question.
 #[derive(Debug)]
-pub struct Question {
+pub(crate) struct Question {
     /// The connection, owed the answer.
-    pub conn: Hijacked,
+    pub(crate) conn: Hijacked,
     /// Event id (checked).
-    pub event_id: String,
+    pub(crate) event_id: String,
     /// Goods id (checked).
-    pub goods_id: String,
+    pub(crate) goods_id: String,
     /// The asking uid (from the token).
-    pub uid: String,
+    pub(crate) uid: String,
     /// When the request was complete on the loop.
-    pub arrived_at: Instant,
+    pub(crate) arrived_at: Instant,
 }
 
 /// The lookup thread's inbox.
 #[derive(Debug, Clone)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     tx: Sender<Question>,
     metrics: Metrics,
 }
@@ -77,7 +77,7 @@ struct Asker {
 impl Lookup {
     /// Starts the thread, with its own connection to `url`. The handle ends
     /// once every `Lookup` clone is dropped and the inbox is answered.
-    pub fn start(
+    pub(crate) fn start(
         url: &str,
         timeout: Duration,
         request_timeout: Duration,
@@ -105,7 +105,7 @@ impl Lookup {
 
     /// Hands a question over; a full inbox answers 1004 at once (`date` is
     /// the asking loop's `Date`).
-    pub fn ask(&self, q: Question, date: &str) {
+    pub(crate) fn ask(&self, q: Question, date: &str) {
         // Counted before the send, so the thread's -1 never comes first.
         self.metrics.lookups_waiting(1);
         if let Err(TrySendError::Full(q) | TrySendError::Disconnected(q)) = self.tx.try_send(q) {

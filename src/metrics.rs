@@ -14,7 +14,7 @@ use crate::codes::Code;
 
 /// The route label of a counted answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteLabel {
+pub(crate) enum RouteLabel {
     /// `/shop/cart/add`, answered on the loop.
     CartAdd,
     /// `/shop/result`.
@@ -106,22 +106,22 @@ fn route_index(route: RouteLabel) -> usize {
 
 impl Metrics {
     /// Counts an answer the event loop gave.
-    pub fn count(&self, route: RouteLabel, code: Code) {
+    pub(crate) fn count(&self, route: RouteLabel, code: Code) {
         self.0.answers[route_index(route)][code_index(code)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an answer the worker gave.
-    pub fn count_sale(&self, code: Code) {
+    pub(crate) fn count_sale(&self, code: Code) {
         self.0.sales[code_index(code)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one token spent by the worker.
-    pub fn token_spent(&self) {
+    pub(crate) fn token_spent(&self) {
         self.0.tokens.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records one deduct round trip.
-    pub fn redis_round_trip(&self, d: Duration) {
+    pub(crate) fn redis_round_trip(&self, d: Duration) {
         let s = d.as_secs_f64();
         for (i, bound) in RTT_BUCKETS.iter().enumerate() {
             if s <= *bound {
@@ -135,17 +135,17 @@ impl Metrics {
     }
 
     /// Counts a deduct the script refused for a bad key of its goods.
-    pub fn deduct_error(&self) {
+    pub(crate) fn deduct_error(&self) {
         self.0.deduct_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an attempt whose outcome was still unknown at its deadline.
-    pub fn unresolved(&self) {
+    pub(crate) fn unresolved(&self) {
         self.0.unresolved.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets how many events and goods the last catalog read skipped.
-    pub fn catalog_skipped(&self, n: usize) {
+    pub(crate) fn catalog_skipped(&self, n: usize) {
         self.0
             .catalog_skipped
             .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
@@ -153,7 +153,7 @@ impl Metrics {
 
     /// A `/shop/result` question was handed to the lookup thread (+1) or
     /// answered by it (-1).
-    pub fn lookups_waiting(&self, delta: i64) {
+    pub(crate) fn lookups_waiting(&self, delta: i64) {
         self.0.lookups_waiting.fetch_add(delta, Ordering::Relaxed);
     }
 

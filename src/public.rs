@@ -18,19 +18,17 @@
 //! Never: waits on Redis; the loop thread only reads memory.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::attempt::{self, Attempt};
 use crate::auth::{AuthError, Signer};
 use crate::blacklist::Blacklist;
-use crate::catalog::{Catalog, EventDef, Snapshot};
+use crate::catalog::{Catalog, Snapshot};
 use crate::codes::Code;
-use crate::config::QueueConfig;
 use crate::conn::Slots;
 use crate::hijack::Claim;
 use crate::http::parse::{query_param, Request};
 use crate::metrics::{Metrics, RouteLabel};
-use crate::queue::{self, Consumer, Producer};
+use crate::queue::Producer;
 use crate::route::{self, Route, RouteError};
 use crate::service::{Answer, Now, Reply, Service};
 use crate::stock::Stock;
@@ -41,21 +39,21 @@ use crate::store::keys::valid_id;
 /// shared.
 pub struct Public {
     /// Token checker.
-    pub signer: Signer,
+    pub(crate) signer: Signer,
     /// Events and goods.
-    pub catalog: Arc<Catalog>,
+    pub(crate) catalog: Arc<Catalog>,
     /// Memory stock.
-    pub stock: Stock,
+    pub(crate) stock: Stock,
     /// The hijack queue (only looked at: a full queue is 1004 here).
-    pub queue: Arc<dyn Producer>,
+    pub(crate) queue: Arc<dyn Producer>,
     /// Redis circuit breaker (shared with the worker).
-    pub breaker: Breaker,
+    pub(crate) breaker: Breaker,
     /// Blocked uids.
     pub blacklist: Blacklist,
     /// Counters.
     pub metrics: Metrics,
     /// The client connections the process holds (for `/metrics`).
-    pub slots: Slots,
+    pub(crate) slots: Slots,
 }
 
 fn label(route: &Result<Route<'_>, RouteError>) -> RouteLabel {
@@ -160,36 +158,6 @@ impl Public {
     }
 }
 
-impl Public {
-    /// A service over in-memory state only: no Redis is contacted and no
-    /// socket is needed, for the fuzz target, the benches and the
-    /// allocation test. `defs` are the events, `stocks` each goods' stock
-    /// left in definition order (the share is the whole of it: one node,
-    /// factor 1). Also returns the queue's consumer, which must be kept for
-    /// the queue to stay open.
-    pub fn in_memory(
-        secret: &[u8],
-        defs: &[EventDef],
-        stocks: &[i64],
-    ) -> Result<(Public, Box<dyn Consumer>), String> {
-        let stock = Stock::new(1, 1.0);
-        let catalog = Arc::new(Catalog::default());
-        catalog.replace(Snapshot::build(defs, stocks.iter().copied(), &stock));
-        let (queue, consumer) = queue::open("shop", &QueueConfig::default())?;
-        let service = Public {
-            signer: Signer::new(secret),
-            catalog,
-            stock,
-            queue,
-            breaker: Breaker::new(5, Duration::from_secs(1)),
-            blacklist: Blacklist::new(),
-            metrics: Metrics::default(),
-            slots: Slots::new(usize::MAX),
-        };
-        Ok((service, consumer))
-    }
-}
-
 fn ids_from_query(query: &str) -> Option<(&str, &str)> {
     let e = query_param(query, "event_id")?;
     let g = query_param(query, "goods_id")?;
@@ -233,5 +201,54 @@ impl Service for Public {
         };
         self.metrics.count(label, reply.code);
         reply.write(out, req, now)
+    }
+}
+
+/// The test fixture: built for unit tests and with the `testing` feature
+/// only.
+#[cfg(any(test, feature = "testing"))]
+mod fixture {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Public;
+    use crate::auth::Signer;
+    use crate::blacklist::Blacklist;
+    use crate::catalog::{Catalog, EventDef, Snapshot};
+    use crate::config::QueueConfig;
+    use crate::conn::Slots;
+    use crate::metrics::Metrics;
+    use crate::queue::{self, Consumer};
+    use crate::stock::Stock;
+    use crate::store::breaker::Breaker;
+
+    impl Public {
+        /// A test fixture (the `testing` feature): a service over in-memory
+        /// state only: no Redis is contacted and no socket is needed, for the
+        /// fuzz target, the benches and the allocation test. `defs` are the events, `stocks` each goods' stock
+        /// left in definition order (the share is the whole of it: one node,
+        /// factor 1). Also returns the queue's consumer, which must be kept for
+        /// the queue to stay open.
+        pub fn in_memory(
+            secret: &[u8],
+            defs: &[EventDef],
+            stocks: &[i64],
+        ) -> Result<(Public, Box<dyn Consumer>), String> {
+            let stock = Stock::new(1, 1.0);
+            let catalog = Arc::new(Catalog::default());
+            catalog.replace(Snapshot::build(defs, stocks.iter().copied(), &stock));
+            let (queue, consumer) = queue::open("shop", &QueueConfig::default())?;
+            let service = Public {
+                signer: Signer::new(secret),
+                catalog,
+                stock,
+                queue,
+                breaker: Breaker::new(5, Duration::from_secs(1)),
+                blacklist: Blacklist::new(),
+                metrics: Metrics::default(),
+                slots: Slots::new(usize::MAX),
+            };
+            Ok((service, consumer))
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::http::parse::Method;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route<'p> {
+pub(crate) enum Route<'p> {
     /// `PUT|POST /shop/cart/add`: one seckill attempt.
     CartAdd,
     /// `GET /shop/result`.
@@ -35,7 +35,7 @@ pub enum Route<'p> {
 
 /// Why no route serves the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     /// 4004.
     NotFound,
     /// 4005, with the `Allow` header's value.
@@ -43,7 +43,7 @@ pub enum RouteError {
 }
 
 /// Routes of the public listener.
-pub fn public(method: Method, path: &str) -> Result<Route<'static>, RouteError> {
+pub(crate) fn public(method: Method, path: &str) -> Result<Route<'static>, RouteError> {
     use Method::*;
     let (route, allow) = match path {
         "/shop/cart/add" => (Route::CartAdd, "PUT, POST"),
@@ -67,7 +67,7 @@ pub fn public(method: Method, path: &str) -> Result<Route<'static>, RouteError> 
 }
 
 /// Routes of the admin listener.
-pub fn admin(method: Method, path: &str) -> Result<Route<'_>, RouteError> {
+pub(crate) fn admin(method: Method, path: &str) -> Result<Route<'_>, RouteError> {
     if path == "/admin/events" {
         return match method {
             Method::Post => Ok(Route::AdminPut),

@@ -50,15 +50,11 @@ use crate::worker::Worker;
 const BACKLOG: i32 = 4096;
 
 /// A started server.
-pub struct Running {
+pub(crate) struct Running {
     /// Where the public listener is bound.
-    pub public_addr: SocketAddr,
+    pub(crate) public_addr: SocketAddr,
     /// Where the admin listener is bound.
-    pub admin_addr: SocketAddr,
-    /// The client connections the public loops may hold at once: the
-    /// configured `max_connections`, or less when the open-file limit
-    /// cannot fit it.
-    pub max_connections: usize,
+    pub(crate) admin_addr: SocketAddr,
     shutdown: Shutdown,
     loops: Vec<JoinHandle<std::io::Result<()>>>,
     // Joined after the loops, in this order (see the module doc).
@@ -122,7 +118,7 @@ fn fit_max_connections(max_connections: usize, threads: usize) -> usize {
 }
 
 /// Starts every thread; returns once the listeners are bound.
-pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
+pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     if config.auth.secret.is_empty() {
         return Err("auth.secret is empty: set a secret in the config file; the server refuses to start without one".into());
     }
@@ -300,7 +296,6 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     Ok(Running {
         public_addr,
         admin_addr,
-        max_connections,
         shutdown,
         loops,
         answerers: vec![
@@ -313,18 +308,13 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
 
 impl Running {
     /// The flag that stops the server when set (signal handlers set it).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+    pub(crate) fn stop_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.flag()
-    }
-
-    /// Asks every loop to stop.
-    pub fn stop(&self) {
-        self.shutdown.request();
     }
 
     /// Waits for the loops, then for the worker, the lookup thread and the
     /// linger thread to answer and close everything they hold.
-    pub fn wait(self) -> Result<(), String> {
+    pub(crate) fn wait(self) -> Result<(), String> {
         let mut result = Ok(());
         for handle in self.loops {
             match handle.join() {

@@ -57,9 +57,9 @@ pub trait Service {
 
 /// One answer written on the loop: its code, and what goes with it.
 #[derive(Debug, Clone, Copy)]
-pub struct Reply<'a> {
+pub(crate) struct Reply<'a> {
     /// The SPEC code.
-    pub code: Code,
+    pub(crate) code: Code,
     body: Body<'a>,
     extra: Extra,
 }
@@ -74,12 +74,12 @@ enum Body<'a> {
 
 impl<'a> Reply<'a> {
     /// The code alone (`data` is `null`).
-    pub fn code(code: impl Into<Code>) -> Self {
+    pub(crate) fn code(code: impl Into<Code>) -> Self {
         Reply::json(code.into(), None)
     }
 
     /// The code with `data` (JSON text).
-    pub fn json(code: Code, data: Option<&'a str>) -> Self {
+    pub(crate) fn json(code: Code, data: Option<&'a str>) -> Self {
         Reply {
             code,
             body: Body::Json(data),
@@ -88,7 +88,7 @@ impl<'a> Reply<'a> {
     }
 
     /// No route: 404, or 405 with its `Allow` header.
-    pub fn no_route(e: RouteError) -> Self {
+    pub(crate) fn no_route(e: RouteError) -> Self {
         let extra = match e {
             RouteError::MethodNotAllowed(allow) => Extra::Allow(allow),
             RouteError::NotFound => Extra::None,
@@ -100,7 +100,7 @@ impl<'a> Reply<'a> {
     }
 
     /// 200 with a Prometheus text body.
-    pub fn text(body: &'a str) -> Self {
+    pub(crate) fn text(body: &'a str) -> Self {
         Reply {
             code: Code::Ok,
             body: Body::Text(body),
@@ -111,7 +111,7 @@ impl<'a> Reply<'a> {
     /// Writes the answer into `out` and says whether the connection stays
     /// open: it does when the client wants keep-alive and the code is not
     /// one the SPEC closes after (400, 408, 413, 431).
-    pub fn write(self, out: &mut Vec<u8>, req: &Request<'_>, now: Now<'_>) -> Answer {
+    pub(crate) fn write(self, out: &mut Vec<u8>, req: &Request<'_>, now: Now<'_>) -> Answer {
         let keep = req.keep_alive && !self.code.closes();
         match (self.body, self.extra) {
             // The common refusals: copied whole from this second's canned bytes.

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 /// While stopping, how long past `stop + request_timeout_ms` a Redis round
 /// trip may still run; the rest of the second is for closing.
-pub const TRIP_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const TRIP_GRACE: Duration = Duration::from_millis(500);
 
 /// Shared handle to the stop flag. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -43,23 +43,24 @@ impl Shutdown {
     }
 
     /// The flag a signal handler sets.
-    pub fn flag(&self) -> Arc<AtomicBool> {
+    pub(crate) fn flag(&self) -> Arc<AtomicBool> {
         self.flag.clone()
     }
 
-    /// Asks every thread to stop.
-    pub fn request(&self) {
+    /// Asks every thread to stop (as a signal handler does through `flag`).
+    #[cfg(test)]
+    pub(crate) fn request(&self) {
         self.flag.store(true, Ordering::Release);
     }
 
     /// Whether the stop was asked for (one atomic load).
-    pub fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.flag.load(Ordering::Acquire)
     }
 
     /// When the stop began, if it has: the first caller to see the flag
     /// set fixes the instant (`now`).
-    pub fn since(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn since(&self, now: Instant) -> Option<Instant> {
         if !self.requested() {
             return None;
         }
@@ -69,7 +70,7 @@ impl Shutdown {
     /// The deadline of a request that arrived at `arrived_at` and may take
     /// `timeout`: `arrived_at + timeout`, and while stopping no later than
     /// `stop + timeout`.
-    pub fn deadline(&self, arrived_at: Instant, timeout: Duration, now: Instant) -> Instant {
+    pub(crate) fn deadline(&self, arrived_at: Instant, timeout: Duration, now: Instant) -> Instant {
         let own = arrived_at + timeout;
         match self.since(now) {
             Some(stop) => own.min(stop + timeout),
@@ -81,7 +82,7 @@ impl Shutdown {
 impl Shutdown {
     /// The latest a Redis round trip may end: none while serving; while
     /// stopping, `stop + request_timeout + TRIP_GRACE`.
-    pub fn trip_deadline(&self, request_timeout: Duration, now: Instant) -> Option<Instant> {
+    pub(crate) fn trip_deadline(&self, request_timeout: Duration, now: Instant) -> Option<Instant> {
         self.since(now)
             .map(|stop| stop + request_timeout + TRIP_GRACE)
     }

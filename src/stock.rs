@@ -26,7 +26,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 /// `ceil(stock × factor / nodes)`, never more than `stock`, never below 0.
-pub fn share_of(stock: i64, nodes: u64, factor: f64) -> i64 {
+pub(crate) fn share_of(stock: i64, nodes: u64, factor: f64) -> i64 {
     if stock <= 0 {
         return 0;
     }
@@ -144,7 +144,7 @@ impl Stock {
     }
 
     /// Forgets every goods for which `keep(event_id, goods_id)` is false.
-    pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
         let mut goods = self.goods.write();
         for (event_id, by_goods) in goods.iter_mut() {
             by_goods.retain(|goods_id, _| keep(event_id, goods_id));
@@ -153,7 +153,7 @@ impl Stock {
     }
 
     /// Appends `seckill_stock_share{event,goods}` gauges for `/metrics`.
-    pub fn write_metrics(&self, out: &mut String) {
+    pub(crate) fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         out.push_str("# HELP seckill_stock_share This node's memory share left, by goods.\n");
         out.push_str("# TYPE seckill_stock_share gauge\n");
@@ -168,8 +168,9 @@ impl Stock {
         }
     }
 
-    /// What is left of this node's share, if it knows the goods.
-    pub fn left(&self, event_id: &str, goods_id: &str) -> Option<i64> {
+    /// What is left of this node's share, if it knows the goods (tests).
+    #[cfg(test)]
+    pub(crate) fn left(&self, event_id: &str, goods_id: &str) -> Option<i64> {
         Some(self.share(event_id, goods_id)?.left.load(Ordering::Acquire))
     }
 }
@@ -189,13 +190,8 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The buyer holding this lease.
-    pub fn uid(&self) -> &str {
-        &self.uid
-    }
-
     /// The sale went through: keep the unit, remember the buyer.
-    pub fn commit(mut self) {
+    pub(crate) fn commit(mut self) {
         self.ended = true;
         let mut users = self.share.users.lock();
         users.queued.remove(&self.uid);
@@ -204,7 +200,7 @@ impl Lease {
 
     /// Redis says this uid already bought (on another node, or before a
     /// restart): give the unit back, and answer 1005 from memory next time.
-    pub fn already_bought(mut self) {
+    pub(crate) fn already_bought(mut self) {
         self.ended = true;
         let mut users = self.share.users.lock();
         users.queued.remove(&self.uid);
@@ -216,7 +212,7 @@ impl Lease {
     /// Redis has no stock left: drop the share to zero. Returns true when
     /// this call is what emptied a non-empty share (then the node just
     /// learned of the sell-out, and tells the others).
-    pub fn sold_out(mut self) -> bool {
+    pub(crate) fn sold_out(mut self) -> bool {
         self.ended = true;
         self.share.users.lock().queued.remove(&self.uid);
         self.share.left.swap(0, Ordering::AcqRel) > 0

@@ -53,7 +53,7 @@ use crate::store::breaker::Breaker;
 use crate::store::deduct::{DeductError, DeductOutcome, Deducter, Resolved};
 
 /// Tasks sent to Redis in one round trip at most.
-pub const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 64;
 /// Pause between two tries to resolve unknown outcomes.
 const RESOLVE_PAUSE: Duration = Duration::from_millis(50);
 

@@ -15,19 +15,19 @@ use crate::store::keys::valid_id;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventDef {
     /// `[A-Za-z0-9_-]{1,64}`.
-    pub event_id: String,
+    pub(crate) event_id: String,
     /// Display name.
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     /// Sales open at this unix second.
     #[serde(default)]
-    pub start_at: u64,
+    pub(crate) start_at: u64,
     /// Sales close at this unix second (exclusive).
     #[serde(default = "far_future")]
-    pub end_at: u64,
+    pub(crate) end_at: u64,
     /// The goods on sale.
     #[serde(default)]
-    pub goods: Vec<GoodsDef>,
+    pub(crate) goods: Vec<GoodsDef>,
 }
 
 fn far_future() -> u64 {
@@ -36,23 +36,23 @@ fn far_future() -> u64 {
 
 /// One goods of an event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct GoodsDef {
+pub(crate) struct GoodsDef {
     /// `[A-Za-z0-9_-]{1,64}`.
-    pub goods_id: String,
+    pub(crate) goods_id: String,
     /// Display name.
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     /// Price in cents.
     #[serde(default)]
-    pub price_cents: u64,
+    pub(crate) price_cents: u64,
     /// Stock the admin set.
     #[serde(default)]
-    pub stock: i64,
+    pub(crate) stock: i64,
     /// When (unix ms) the admin API last set this goods' stock key. Nodes
     /// recompute their share and forget their buyers when it changes (an
     /// admin `reset`); 0 for events written by other tools.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub epoch: u64,
+    pub(crate) epoch: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -61,7 +61,7 @@ fn is_zero(n: &u64) -> bool {
 
 impl EventDef {
     /// Checks ids and values; the reason is for logs and admin errors.
-    pub fn check(&self) -> Result<(), &'static str> {
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
         if !valid_id(self.event_id.as_bytes()) {
             return Err("event_id");
         }
@@ -88,13 +88,13 @@ impl EventDef {
 }
 
 /// The largest stock the deduct script takes (15 digits: exact in Lua).
-pub const MAX_STOCK: i64 = 999_999_999_999_999;
+pub(crate) const MAX_STOCK: i64 = 999_999_999_999_999;
 
 /// A stock value as the deduct script accepts it (`deduct.lua`): an
 /// integer written the way Redis writes one (no sign but "-", no leading
 /// zero), at most 15 digits. "05" parses as a number in Rust but not in
 /// Redis, so a goods the script would refuse is skipped here too.
-pub fn stock_number(s: &str) -> Option<i64> {
+pub(crate) fn stock_number(s: &str) -> Option<i64> {
     let digits = s.strip_prefix('-').unwrap_or(s);
     let canonical = s == "0"
         || (!digits.is_empty()

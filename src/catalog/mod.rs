@@ -7,10 +7,11 @@
 //! - [`refresh`](mod@refresh): the threads that keep the snapshot and the
 //!   memory stock in step with Redis.
 
-pub mod event;
-pub mod refresh;
-pub mod snapshot;
+pub(crate) mod event;
+pub(crate) mod refresh;
+pub(crate) mod snapshot;
 
-pub use event::{stock_number, EventDef, GoodsDef, MAX_STOCK};
-pub use refresh::{Refresher, REFRESH};
-pub use snapshot::{Catalog, EventView, Snapshot};
+pub use event::EventDef;
+pub(crate) use event::{stock_number, GoodsDef};
+pub(crate) use refresh::Refresher;
+pub(crate) use snapshot::{Catalog, Snapshot};

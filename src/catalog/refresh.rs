@@ -29,7 +29,7 @@ use crate::store::conn::{connect, LazyConn};
 use crate::store::keys::{self, GoodsKeys};
 
 /// How often the catalog is re-read even without a pub/sub message.
-pub const REFRESH: Duration = Duration::from_millis(500);
+pub(crate) const REFRESH: Duration = Duration::from_millis(500);
 
 /// Reads everything once and builds a snapshot, telling `stock` as it goes.
 /// The keys it had to skip are put in `bad`, each with why.
@@ -99,7 +99,7 @@ fn read(
 }
 
 /// Keeps the catalog and the stock table in step with Redis.
-pub struct Refresher {
+pub(crate) struct Refresher {
     conn: LazyConn,
     catalog: Arc<Catalog>,
     stock: Stock,
@@ -110,7 +110,7 @@ pub struct Refresher {
 
 impl Refresher {
     /// A refresher for `url`; nothing is read until `refresh`.
-    pub fn new(
+    pub(crate) fn new(
         url: &str,
         timeout: Duration,
         catalog: Arc<Catalog>,
@@ -127,7 +127,7 @@ impl Refresher {
     }
 
     /// Reads Redis once and publishes the snapshot; false when Redis failed.
-    pub fn refresh(&mut self) -> bool {
+    pub(crate) fn refresh(&mut self) -> bool {
         let mut bad = BTreeMap::new();
         match read(&mut self.conn, &self.stock, &mut bad) {
             Ok(snap) => {
@@ -175,7 +175,7 @@ impl Refresher {
 
     /// Runs in the background until `stop`: re-reads every `REFRESH`, and at
     /// once when the pub/sub thread hears of a change.
-    pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    pub(crate) fn spawn(mut self, stop: Arc<AtomicBool>) -> std::io::Result<()> {
         let (tx, rx) = bounded::<()>(1);
         let client = self.conn.client().clone();
         let timeout = self.conn.timeout();

@@ -21,31 +21,31 @@ use crate::stock::Stock;
 
 /// What the loop needs of one event to serve an attempt, plus its answer.
 #[derive(Debug, Clone)]
-pub struct EventView {
+pub(crate) struct EventView {
     /// Sales open at this unix second.
-    pub start_at: u64,
+    pub(crate) start_at: u64,
     /// Sales close at this unix second.
-    pub end_at: u64,
+    pub(crate) end_at: u64,
     /// Its goods ids.
-    pub goods: Vec<String>,
+    pub(crate) goods: Vec<String>,
     /// `data` of `/event/info`, pre-encoded.
-    pub json: String,
+    pub(crate) json: String,
 }
 
 impl EventView {
     /// Whether the event has this goods.
-    pub fn has_goods(&self, goods_id: &str) -> bool {
+    pub(crate) fn has_goods(&self, goods_id: &str) -> bool {
         self.goods.iter().any(|g| g == goods_id)
     }
 }
 
 /// The catalog at one moment.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Events by id.
-    pub events: BTreeMap<String, EventView>,
+    pub(crate) events: BTreeMap<String, EventView>,
     /// `data` of `/event/list`, pre-encoded.
-    pub list_json: String,
+    pub(crate) list_json: String,
 }
 
 impl Default for Snapshot {
@@ -59,24 +59,24 @@ impl Default for Snapshot {
 
 /// Shared handle: the current snapshot and whether Redis answered lately.
 #[derive(Debug, Default)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     snap: RwLock<Arc<Snapshot>>,
     ready: AtomicBool,
 }
 
 impl Catalog {
     /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snap.read().clone()
     }
 
     /// Whether the last read of Redis succeeded (`/readyz`).
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// Publishes a new snapshot to every reader.
-    pub fn replace(&self, snap: Snapshot) {
+    pub(crate) fn replace(&self, snap: Snapshot) {
         *self.snap.write() = Arc::new(snap);
     }
 
@@ -114,7 +114,7 @@ impl Snapshot {
     /// Builds a snapshot from event definitions and each goods' stock left
     /// (in definition order), telling `stock` of every goods as it goes and
     /// forgetting the goods that are gone. Pure but for `stock`: no Redis.
-    pub fn build(
+    pub(crate) fn build(
         defs: &[EventDef],
         stocks: impl IntoIterator<Item = i64>,
         stock: &Stock,

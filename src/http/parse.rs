@@ -18,7 +18,7 @@ use crate::http::parse::HttpError::{BodyTooLarge, HeadTooLarge, Malformed};
 
 /// Headers read at most; more is `HeadTooLarge`. A caller-sized array, as
 /// `httparse::Request::new` asks, so a flood of headers costs nothing.
-pub const MAX_HEADERS: usize = 48;
+pub(crate) const MAX_HEADERS: usize = 48;
 
 /// Limits from `[server]`.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +31,7 @@ pub struct Limits {
 
 /// The methods the routes know; anything else is `Other` (405 or 404).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     /// GET
     Get,
     /// PUT
@@ -48,19 +48,19 @@ pub enum Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'b> {
     /// The method.
-    pub method: Method,
+    pub(crate) method: Method,
     /// The path, without the query.
-    pub path: &'b str,
+    pub(crate) path: &'b str,
     /// The query string after `?`, or "".
-    pub query: &'b str,
+    pub(crate) query: &'b str,
     /// `HTTP/1.0` (else 1.1).
-    pub http10: bool,
+    pub(crate) http10: bool,
     /// Whether the connection stays open after the answer.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// The `Authorization` header's value, if any.
-    pub authorization: Option<&'b [u8]>,
+    pub(crate) authorization: Option<&'b [u8]>,
     /// The body (`Content-Length` bytes).
-    pub body: &'b [u8],
+    pub(crate) body: &'b [u8],
 }
 
 /// What the buffer holds so far.
@@ -194,7 +194,7 @@ fn parse_content_length(value: &[u8]) -> Result<usize, HttpError> {
 
 /// The value of `name` in a query string `a=1&b=2` (no percent-decoding: the
 /// ids it carries allow only `[A-Za-z0-9_-]`, so an encoded id is invalid).
-pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+pub(crate) fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))

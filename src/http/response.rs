@@ -62,7 +62,7 @@ impl Canned {
     }
 
     /// The full response for `code` with no data and no extra header.
-    pub fn get(&self, code: Code, keep_alive: bool) -> &[u8] {
+    pub(crate) fn get(&self, code: Code, keep_alive: bool) -> &[u8] {
         self.bufs
             .get(2 * code as usize + usize::from(keep_alive))
             .map_or(&[][..], Vec::as_slice)
@@ -105,7 +105,7 @@ impl DateCache {
 
 /// The `Date` text for `unix_s`, formatted on its own: for the rare answer
 /// written where no `DateCache` is at hand (a `Hijacked` dropped unanswered).
-pub fn date_text(unix_s: u64) -> String {
+pub(crate) fn date_text(unix_s: u64) -> String {
     String::from_utf8_lossy(&format_date(unix_s)).into_owned()
 }
 
@@ -159,7 +159,13 @@ pub fn write_json(
 }
 
 /// Appends a response with any body (`/metrics`).
-pub fn write_raw(out: &mut Vec<u8>, content_type: &str, body: &[u8], keep_alive: bool, date: &str) {
+pub(crate) fn write_raw(
+    out: &mut Vec<u8>,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    date: &str,
+) {
     write_head(
         out,
         200,

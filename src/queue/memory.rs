@@ -11,14 +11,14 @@ use crate::queue::{Consumer, Popped, Producer};
 
 /// The loops' end.
 #[derive(Debug, Clone)]
-pub struct MemoryProducer(Sender<Task>);
+pub(crate) struct MemoryProducer(Sender<Task>);
 
 /// The worker's end.
 #[derive(Debug)]
-pub struct MemoryConsumer(Receiver<Task>);
+pub(crate) struct MemoryConsumer(Receiver<Task>);
 
 /// A queue holding at most `size` tasks.
-pub fn channel(size: usize) -> (MemoryProducer, MemoryConsumer) {
+pub(crate) fn channel(size: usize) -> (MemoryProducer, MemoryConsumer) {
     let (tx, rx) = bounded(size);
     (MemoryProducer(tx), MemoryConsumer(rx))
 }
@@ -47,9 +47,5 @@ impl Consumer for MemoryConsumer {
             Err(RecvTimeoutError::Timeout) => Popped::Empty,
             Err(RecvTimeoutError::Disconnected) => Popped::Closed,
         }
-    }
-
-    fn depth(&self) -> usize {
-        self.0.len()
     }
 }

@@ -10,7 +10,7 @@
 //! worker only see these traits, so another backend needs no change there.
 //! Never: blocks a producer.
 
-pub mod memory;
+pub(crate) mod memory;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +45,10 @@ pub enum Popped {
 pub trait Consumer: Send {
     /// Waits up to `wait` for the next task.
     fn pop(&self, wait: Duration) -> Popped;
-    /// Tasks waiting now.
-    fn depth(&self) -> usize;
 }
 
 /// Both ends of a queue: the shared producer and the worker's consumer.
-pub type Ends = (Arc<dyn Producer>, Box<dyn Consumer>);
+pub(crate) type Ends = (Arc<dyn Producer>, Box<dyn Consumer>);
 
 /// Builds the backend `cfg.kind` names. The producer is shared by the loops;
 /// dropping every clone of it closes the queue.

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 
 /// The breaker's state machine, pure: time comes in as `now`.
 #[derive(Debug, Clone)]
-pub struct State {
+pub(crate) struct State {
     threshold: u32,
     probe_every: Duration,
     failures: u32,
@@ -31,7 +31,7 @@ pub struct State {
 
 impl State {
     /// Closed, opening after `threshold` failures in a row.
-    pub fn new(threshold: u32, probe_every: Duration) -> Self {
+    pub(crate) fn new(threshold: u32, probe_every: Duration) -> Self {
         State {
             threshold: threshold.max(1),
             probe_every,
@@ -40,14 +40,15 @@ impl State {
         }
     }
 
-    /// Whether the breaker is open.
-    pub fn is_open(&self) -> bool {
+    /// Whether the breaker is open (tests; callers ask `try_call`).
+    #[cfg(test)]
+    pub(crate) fn is_open(&self) -> bool {
         self.next_probe_at.is_some()
     }
 
     /// Whether a call may go to Redis now; while open, true once per
     /// `probe_every` (that call is the probe).
-    pub fn try_call(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_call(&mut self, now: Instant) -> bool {
         match self.next_probe_at {
             None => true,
             Some(at) if now >= at => {
@@ -60,12 +61,12 @@ impl State {
 
     /// Whether an attempt would be let through now, without claiming the
     /// probe (the event loop asks this; the worker claims).
-    pub fn would_admit(&self, now: Instant) -> bool {
+    pub(crate) fn would_admit(&self, now: Instant) -> bool {
         self.next_probe_at.is_none_or(|at| now >= at)
     }
 
     /// Records a call's outcome. Returns the new open state when it changed.
-    pub fn record(&mut self, ok: bool, now: Instant) -> Option<bool> {
+    pub(crate) fn record(&mut self, ok: bool, now: Instant) -> Option<bool> {
         if ok {
             self.failures = 0;
             return self.next_probe_at.take().map(|_| false);
@@ -97,17 +98,17 @@ impl Breaker {
     }
 
     /// Event loop: may this attempt be queued? False = answer 1002 now.
-    pub fn admit(&self, now: Instant) -> bool {
+    pub(crate) fn admit(&self, now: Instant) -> bool {
         !self.open.load(Ordering::Relaxed) || self.state.lock().would_admit(now)
     }
 
     /// Worker: may this task call Redis? While open, true only for the probe.
-    pub fn try_call(&self, now: Instant) -> bool {
+    pub(crate) fn try_call(&self, now: Instant) -> bool {
         !self.open.load(Ordering::Relaxed) || self.state.lock().try_call(now)
     }
 
     /// Worker: the outcome of a Redis call.
-    pub fn record(&self, ok: bool, now: Instant) {
+    pub(crate) fn record(&self, ok: bool, now: Instant) {
         if ok && !self.open.load(Ordering::Relaxed) {
             // The common case; the failure count may still need a reset.
             let mut s = self.state.lock();
@@ -127,7 +128,7 @@ impl Breaker {
     }
 
     /// Whether it is open (for `/metrics`).
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open.load(Ordering::Relaxed)
     }
 }

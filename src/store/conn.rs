@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value};
 
 /// Opens a connection with the timeout applied to connect, read and write.
-pub fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
+pub(crate) fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
     let conn = client.get_connection_with_timeout(timeout)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
@@ -34,7 +34,7 @@ pub fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connect
 }
 
 /// One connection, connected lazily.
-pub struct LazyConn {
+pub(crate) struct LazyConn {
     client: redis::Client,
     timeout: Duration,
     // INVARIANT: None after a connection-level failure, until the next get.
@@ -51,7 +51,7 @@ pub struct LazyConn {
 
 /// How a round trip failed.
 #[derive(Debug, Clone)]
-pub enum TripError {
+pub(crate) enum TripError {
     /// Connecting failed: nothing was sent.
     NotSent(RedisError),
     /// The commands were sent (maybe in part) and their replies did not
@@ -74,16 +74,16 @@ const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 /// A connection as the server knows it: `CLIENT KILL ID <id> ADDR <addr>`
 /// names it and no other.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientId {
+pub(crate) struct ClientId {
     /// The server's client id.
-    pub id: u64,
+    pub(crate) id: u64,
     /// The client's address as the server sees it (`ip:port`).
-    pub addr: String,
+    pub(crate) addr: String,
 }
 
 impl ClientId {
     /// From a `CLIENT INFO` line (`id=7 addr=127.0.0.1:5000 ...`).
-    pub fn parse(info: &str) -> Option<ClientId> {
+    pub(crate) fn parse(info: &str) -> Option<ClientId> {
         let field = |name: &str| {
             info.split_ascii_whitespace()
                 .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
@@ -115,7 +115,7 @@ impl std::fmt::Debug for LazyConn {
 
 impl LazyConn {
     /// For `url`; nothing connects until `get`.
-    pub fn open(url: &str, timeout: Duration) -> RedisResult<Self> {
+    pub(crate) fn open(url: &str, timeout: Duration) -> RedisResult<Self> {
         let info = url.into_connection_info()?;
         // No `CLIENT SETINFO` on connect: redis-rs sends it as a pipeline of
         // two commands and waits the timeout for each reply, so a hanging
@@ -136,14 +136,14 @@ impl LazyConn {
 
     /// Asks `CLIENT INFO` of every connection it makes, and remembers who
     /// those it drops after a failure were (`dead_ids`).
-    pub fn tracking_client_id(mut self) -> Self {
+    pub(crate) fn tracking_client_id(mut self) -> Self {
         self.track_id = true;
         self
     }
 
     /// The connection, connecting first if there is none, with the read
     /// timeout `redis.timeout_ms` (for one command at a time).
-    pub fn get(&mut self) -> RedisResult<&mut Connection> {
+    pub(crate) fn get(&mut self) -> RedisResult<&mut Connection> {
         self.get_within(self.timeout)?;
         let timeout = self.timeout;
         if self.read_timeout != timeout {
@@ -195,7 +195,7 @@ impl LazyConn {
     /// `redis.timeout_ms` and no later than `until`. Each reply is its own
     /// result (an error reply fails only its command). The first reply
     /// that does not come in time ends the trip: the connection is dropped.
-    pub fn round_trip(
+    pub(crate) fn round_trip(
         &mut self,
         pipe: &redis::Pipeline,
         until: Option<Instant>,
@@ -243,7 +243,7 @@ impl LazyConn {
 
     /// Passes `result` through, forgetting the connection if it failed at
     /// the connection level.
-    pub fn settle<T>(&mut self, result: RedisResult<T>) -> RedisResult<T> {
+    pub(crate) fn settle<T>(&mut self, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
             self.failed(e);
         }
@@ -251,7 +251,7 @@ impl LazyConn {
     }
 
     /// Forgets the connection unless `e` is an error reply from the server.
-    pub fn failed(&mut self, e: &RedisError) {
+    pub(crate) fn failed(&mut self, e: &RedisError) {
         if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) {
             return;
         }
@@ -267,22 +267,22 @@ impl LazyConn {
 
     /// Ids of connections dropped after a failure that may still be alive
     /// on the server (tracked connections only).
-    pub fn dead_ids(&self) -> &[ClientId] {
+    pub(crate) fn dead_ids(&self) -> &[ClientId] {
         &self.dead
     }
 
     /// `id` is known gone on the server.
-    pub fn forget_dead(&mut self, id: &ClientId) {
+    pub(crate) fn forget_dead(&mut self, id: &ClientId) {
         self.dead.retain(|d| d != id);
     }
 
     /// The client (for connections with a life of their own: pub/sub).
-    pub fn client(&self) -> &redis::Client {
+    pub(crate) fn client(&self) -> &redis::Client {
         &self.client
     }
 
     /// The timeout every call has.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 }

@@ -87,7 +87,7 @@ impl DeductError {
 
 /// What `resolve` found for one attempt whose outcome was unknown.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resolved {
+pub(crate) enum Resolved {
     /// The uid is in `buyers`: the sale stands.
     Won {
         /// Its order id (`HGET buyers uid`).
@@ -209,7 +209,7 @@ impl Deducter {
     /// nothing they sent can still run, then `HGET buyers uid` and `GET
     /// stock` for each attempt. `Err`: Redis could not be asked; the caller
     /// retries until the attempts' deadline.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &mut self,
         attempts: &[&Attempt],
         until: Option<Instant>,
@@ -276,7 +276,11 @@ impl Deducter {
     }
 
     /// Tells every node that this goods sold out (SPEC §3 channel).
-    pub fn publish_sold_out(&mut self, event_id: &str, goods_id: &str) -> Result<(), RedisError> {
+    pub(crate) fn publish_sold_out(
+        &mut self,
+        event_id: &str,
+        goods_id: &str,
+    ) -> Result<(), RedisError> {
         let msg =
             serde_json::json!({"kind": "sold_out", "event_id": event_id, "goods_id": goods_id});
         self.run(

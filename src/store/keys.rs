@@ -17,25 +17,25 @@ pub fn valid_id(id: &[u8]) -> bool {
 }
 
 /// Hash of event_id → event JSON.
-pub const EVENTS: &str = "seckill:events";
+pub(crate) const EVENTS: &str = "seckill:events";
 
 /// Pub/sub channel: a message on every admin change and every sell-out.
-pub const CHANGED: &str = "seckill:events:changed";
+pub(crate) const CHANGED: &str = "seckill:events:changed";
 
 /// The three keys of one goods.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GoodsKeys {
+pub(crate) struct GoodsKeys {
     /// String: remaining stock, never below 0.
-    pub stock: String,
+    pub(crate) stock: String,
     /// Hash: uid → order_id.
-    pub buyers: String,
+    pub(crate) buyers: String,
     /// Stream: one entry per sale; the entry id is the order_id.
-    pub orders: String,
+    pub(crate) orders: String,
 }
 
 impl GoodsKeys {
     /// The keys of goods `goods_id` in event `event_id`.
-    pub fn new(event_id: &str, goods_id: &str) -> Self {
+    pub(crate) fn new(event_id: &str, goods_id: &str) -> Self {
         let tag = format!("seckill:{{{event_id}:{goods_id}}}");
         GoodsKeys {
             stock: format!("{tag}:stock"),

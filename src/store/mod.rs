@@ -13,6 +13,6 @@
 //! Redis Cluster (routing by the `{E:G}` hash tag) belongs here too.
 
 pub mod breaker;
-pub mod conn;
+pub(crate) mod conn;
 pub mod deduct;
 pub mod keys;
