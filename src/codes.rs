@@ -291,4 +291,42 @@ mod tests {
             assert_eq!(*code as usize, i, "{code:?}");
         }
     }
+
+    #[test]
+    fn every_cause_maps_to_its_spec_code() {
+        let causes = [
+            (Code::from(HttpError::Malformed), Code::BadRequest),
+            (Code::from(HttpError::HeadTooLarge), Code::HeaderTooLarge),
+            (Code::from(HttpError::BodyTooLarge), Code::PayloadTooLarge),
+            (Code::from(RouteError::NotFound), Code::NotFound),
+            (
+                Code::from(RouteError::MethodNotAllowed("GET")),
+                Code::MethodNotAllowed,
+            ),
+            (Code::from(AuthError::Missing), Code::Unauthorized),
+            (Code::from(AuthError::Expired), Code::Unauthorized),
+            (Code::from(BadAttempt), Code::BadRequest),
+            (Code::from(NoLease::NoStock), Code::NoStock),
+            (
+                Code::from(NoLease::AlreadyPurchased),
+                Code::AlreadyPurchased,
+            ),
+            (Code::from(NoLease::Queued), Code::Busy),
+            (Code::from(NoLease::Unknown), Code::NotFound),
+            (Code::from(&DeductOutcome::NoStock), Code::NoStock),
+            (Code::from(&DeductOutcome::NotFound), Code::NotFound),
+            (Code::from(&DeductError::Unknown), Code::RedisError),
+            (Code::from(&Resolved::NotSold), Code::RedisError),
+            (Code::from(&Fail::Unauthorized), Code::Unauthorized),
+            (
+                Code::from(&Fail::Route(RouteError::NotFound)),
+                Code::NotFound,
+            ),
+        ];
+        for (i, (got, want)) in causes.into_iter().enumerate() {
+            assert_eq!(got, want, "cause #{i}");
+        }
+        assert!(Code::Busy.retry_after());
+        assert_eq!(Code::ALL.iter().filter(|c| c.retry_after()).count(), 1);
+    }
 }

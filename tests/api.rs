@@ -380,7 +380,9 @@ fn admin_req(
 fn admin_creates_shows_resets_and_deletes_events() {
     let redis = RedisServer::with_e1(&[("g0", 0)]);
     let s = Seckill::start_ready(&config(&redis));
-    let def = r#"{"event_id":"e2","name":"sale","start_at":0,"end_at":4102444800,"goods":[{"goods_id":"g1","name":"phone","price_cents":100,"stock":3}]}"#;
+    let def = &format!(
+        r#"{{"event_id":"e2","name":"sale","start_at":0,"end_at":{FAR},"goods":[{{"goods_id":"g1","name":"phone","price_cents":100,"stock":3}}]}}"#
+    );
 
     admin_req(&s, "POST", "/admin/events", None, Some(def)).assert(
         401,
@@ -643,7 +645,7 @@ fn dropping_a_goods_from_an_event_removes_its_keys() {
     let s = Seckill::start_ready(&config(&redis));
     let def = |goods: &str| {
         format!(
-            r#"{{"event_id":"e2","name":"sale","start_at":0,"end_at":4102444800,"goods":[{goods}]}}"#
+            r#"{{"event_id":"e2","name":"sale","start_at":0,"end_at":{FAR},"goods":[{goods}]}}"#
         )
     };
     let g1 = r#"{"goods_id":"g1","stock":5}"#;

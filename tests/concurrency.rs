@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use support::{config, Client, RedisServer, Seckill, ADMIN_KEY};
+use support::{config, Client, RedisServer, Seckill, ADMIN_KEY, FAR};
 
 const STOCK: i64 = 100;
 const USERS: usize = 2000;
@@ -107,7 +107,9 @@ fn admin_change_on_one_node_reaches_another_within_a_second() {
     let redis = RedisServer::with_e1(&[("g1", 1)]);
     let a = Seckill::start_ready(&node_config(&redis));
     let b = Seckill::start_ready(&node_config(&redis));
-    let def = r#"{"event_id":"e9","name":"n","start_at":0,"end_at":4102444800,"goods":[{"goods_id":"g1","stock":2}]}"#;
+    let def = &format!(
+        r#"{{"event_id":"e9","name":"n","start_at":0,"end_at":{FAR},"goods":[{{"goods_id":"g1","stock":2}}]}}"#
+    );
     let r = a.admin_client().request(
         "POST",
         "/admin/events",
