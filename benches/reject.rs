@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use seckill::auth::Signer;
-use seckill::catalog::EventDef;
+use seckill::catalog::event::EventDef;
 use seckill::conn::Buffers;
 use seckill::event_loop::answer_buffered;
 use seckill::http::parse::Limits;

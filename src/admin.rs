@@ -23,7 +23,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::catalog::{EventDef, GoodsDef};
+use crate::attempt::BadAttempt;
+use crate::auth::AuthError;
+use crate::catalog::event::{EventDef, GoodsDef};
 use crate::clock::Clock;
 use crate::codes::Code;
 use crate::http::parse::Request;
@@ -50,19 +52,34 @@ struct PutBody {
     reset: bool,
 }
 
-/// Why an admin call failed (`codes.rs` says which code that is).
+/// Why an admin call failed: each a stage's own cause, so `codes.rs` maps
+/// every one (and this file names no code but 0).
 #[derive(Debug)]
-pub(crate) enum Fail {
-    /// No such admin route, or a wrong method.
+enum Fail {
+    /// No such admin route or method; also an event that is not there (a
+    /// path that names nothing: 404).
     Route(RouteError),
-    /// Missing or wrong bearer key.
-    Unauthorized,
-    /// A body or an id that is not acceptable.
-    BadRequest,
-    /// No such event.
-    NotFound,
+    /// The bearer key is missing or wrong.
+    Key(AuthError),
+    /// A definition or an id that is not acceptable.
+    Body(BadAttempt),
     /// Redis failed.
     Redis(redis::RedisError),
+}
+
+/// An event that is not stored.
+const NO_EVENT: Fail = Fail::Route(RouteError::NotFound);
+
+impl Fail {
+    /// The code a client sees (each cause's mapping is `codes.rs`'s).
+    fn code(&self) -> Code {
+        match self {
+            Fail::Route(e) => Code::from(*e),
+            Fail::Key(e) => Code::from(*e),
+            Fail::Body(e) => Code::from(*e),
+            Fail::Redis(e) => Code::from(e),
+        }
+    }
 }
 
 impl From<redis::RedisError> for Fail {
@@ -90,11 +107,15 @@ impl Admin {
         })
     }
 
-    fn authorized(&self, req: &Request<'_>) -> bool {
-        let Some(token) = req.authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else {
-            return false;
-        };
-        !self.key.is_empty() && bool::from(token.ct_eq(self.key.as_bytes()))
+    fn authorize(&self, req: &Request<'_>) -> Result<(), Fail> {
+        let header = req.authorization.ok_or(Fail::Key(AuthError::Missing))?;
+        let token = header
+            .strip_prefix(b"Bearer ")
+            .ok_or(Fail::Key(AuthError::Malformed))?;
+        if self.key.is_empty() || !bool::from(token.ct_eq(self.key.as_bytes())) {
+            return Err(Fail::Key(AuthError::BadSignature));
+        }
+        Ok(())
     }
 
     fn redis(&mut self) -> Result<&mut redis::Connection, Fail> {
@@ -111,8 +132,8 @@ impl Admin {
 
     fn put(&mut self, body: &[u8]) -> AdminResult {
         let PutBody { mut def, reset } =
-            serde_json::from_slice(body).map_err(|_| Fail::BadRequest)?;
-        def.check().map_err(|_| Fail::BadRequest)?;
+            serde_json::from_slice(body).map_err(|_| Fail::Body(BadAttempt))?;
+        def.check().map_err(|_| Fail::Body(BadAttempt))?;
         let old_goods: Vec<GoodsDef> = self
             .stored(&def.event_id)?
             .map(|old| old.goods)
@@ -158,7 +179,7 @@ impl Admin {
                 old_epochs.get(g.goods_id.as_str()).copied().unwrap_or(0)
             };
         }
-        let json = serde_json::to_string(&def).map_err(|_| Fail::BadRequest)?;
+        let json = serde_json::to_string(&def).map_err(|_| Fail::Body(BadAttempt))?;
         // The new definition and the dropped goods' keys change together.
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -173,7 +194,7 @@ impl Admin {
     }
 
     fn get(&mut self, event_id: &str) -> AdminResult {
-        let def = self.stored(event_id)?.ok_or(Fail::NotFound)?;
+        let def = self.stored(event_id)?.ok_or(NO_EVENT)?;
         let conn = self.redis()?;
         let mut pipe = redis::pipe();
         for g in &def.goods {
@@ -204,7 +225,7 @@ impl Admin {
     }
 
     fn delete(&mut self, event_id: &str) -> AdminResult {
-        let def = self.stored(event_id)?.ok_or(Fail::NotFound)?;
+        let def = self.stored(event_id)?.ok_or(NO_EVENT)?;
         let conn = self.redis()?;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -227,16 +248,24 @@ fn publish(conn: &mut redis::Connection, kind: &str, event_id: &str) -> redis::R
         .query(conn)
 }
 
+impl Admin {
+    /// Route, key, then the call; the key is checked before anything else
+    /// is looked at.
+    fn serve(&mut self, req: &Request<'_>) -> AdminResult {
+        let route = route::admin(req.method, req.path).map_err(Fail::Route)?;
+        self.authorize(req)?;
+        match route {
+            Route::AdminPut => self.put(req.body),
+            Route::AdminGet(id) if valid_id(id.as_bytes()) => self.get(id),
+            Route::AdminDelete(id) if valid_id(id.as_bytes()) => self.delete(id),
+            _ => Err(Fail::Body(BadAttempt)),
+        }
+    }
+}
+
 impl Service for Admin {
     fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Answer {
-        let result = match route::admin(req.method, req.path) {
-            Err(e) => Err(Fail::Route(e)),
-            Ok(_) if !self.authorized(req) => Err(Fail::Unauthorized),
-            Ok(Route::AdminPut) => self.put(req.body),
-            Ok(Route::AdminGet(id)) if valid_id(id.as_bytes()) => self.get(id),
-            Ok(Route::AdminDelete(id)) if valid_id(id.as_bytes()) => self.delete(id),
-            Ok(_) => Err(Fail::BadRequest),
-        };
+        let result = self.serve(req);
         let reply = match &result {
             Ok(data) => Reply::json(Code::Ok, data.as_deref()),
             Err(Fail::Route(e)) => Reply::no_route(*e),
@@ -245,7 +274,7 @@ impl Service for Admin {
                     log::warn!("admin: redis failed: {e}");
                     self.conn.failed(e);
                 }
-                Reply::code(fail)
+                Reply::code(fail.code())
             }
         };
         self.metrics.count(RouteLabel::Admin, reply.code);

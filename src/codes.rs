@@ -6,7 +6,6 @@
 //! refused, what the script decided) and say nothing of codes; the
 //! `From` impls at the bottom turn each into the `Code` a client sees.
 
-use crate::admin::Fail;
 use crate::attempt::BadAttempt;
 use crate::auth::AuthError;
 use crate::http::parse::HttpError;
@@ -233,16 +232,11 @@ impl From<&Resolved> for Code {
     }
 }
 
-/// The admin listener: why a call failed.
-impl From<&Fail> for Code {
-    fn from(f: &Fail) -> Code {
-        match f {
-            Fail::Route(e) => Code::from(*e),
-            Fail::Unauthorized => Code::Unauthorized,
-            Fail::BadRequest => Code::BadRequest,
-            Fail::NotFound => Code::NotFound,
-            Fail::Redis(_) => Code::RedisError,
-        }
+/// Beside the path: a Redis call failed (the admin listener's; the sale's
+/// own failures are `DeductError`s).
+impl From<&redis::RedisError> for Code {
+    fn from(_: &redis::RedisError) -> Code {
+        Code::RedisError
     }
 }
 
@@ -317,11 +311,6 @@ mod tests {
             (Code::from(&DeductOutcome::NotFound), Code::NotFound),
             (Code::from(&DeductError::Unknown), Code::RedisError),
             (Code::from(&Resolved::NotSold), Code::RedisError),
-            (Code::from(&Fail::Unauthorized), Code::Unauthorized),
-            (
-                Code::from(&Fail::Route(RouteError::NotFound)),
-                Code::NotFound,
-            ),
         ];
         for (i, (got, want)) in causes.into_iter().enumerate() {
             assert_eq!(got, want, "cause #{i}");

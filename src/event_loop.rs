@@ -20,8 +20,8 @@
 //! 3. **`Interrupted` retries; `WouldBlock` waits; reset, broken pipe and
 //!    EOF close quietly.** A client leaving is not an error worth a log line.
 //! 4. **Deregister before moving a socket out.** A claimed connection
-//!    leaves the slab and goes to `hijack::Handoff::hand_over`, which
-//!    deregisters it before it makes it a plain socket. After `deregister`
+//!    leaves the slab and goes to `hijack::hand_over`, which deregisters
+//!    it before it makes it a plain socket. After `deregister`
 //!    the poll reports nothing more for it, so the slot can be reused at
 //!    once.
 //! 5. **One bad connection never hurts another.** Every error closes only
@@ -65,10 +65,13 @@ use slab::Slab;
 use crate::clock::Clock;
 use crate::codes::Code;
 use crate::conn::{Buffers, Conn, ReadOutcome, Slots, OUT_HIGH};
-use crate::hijack::{Claim, Handoff};
+use crate::hijack::{self, Claim, Handed, Task};
 use crate::http::parse::{self, Limits, Parsed};
 use crate::http::response::DateCache;
+use crate::linger::Linger;
+use crate::lookup::Lookup;
 use crate::metrics::{Metrics, RouteLabel};
+use crate::queue::Producer;
 use crate::service::{Answer, Now, Service};
 use crate::shutdown::Shutdown;
 
@@ -89,6 +92,16 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// After a stop, how long a connection that has sent nothing yet may take
 /// to send its request (SPEC §6.3: at least 100 ms).
 const FRESH_GRACE: Duration = Duration::from_millis(500);
+
+/// Where a public loop passes what the hand-over built: the fan-in queue to
+/// the worker, and the lookup thread's inbox.
+#[derive(Clone)]
+pub(crate) struct Outlets {
+    /// The queue to the worker.
+    pub(crate) queue: Arc<dyn Producer>,
+    /// The `/shop/result` thread.
+    pub(crate) lookup: Lookup,
+}
 
 /// Settings a loop runs with (from `[server]`).
 #[derive(Debug, Clone)]
@@ -112,9 +125,11 @@ pub(crate) struct EventLoop<S: Service> {
     slots: Slots,
     clock: Arc<dyn Clock>,
     date: DateCache,
-    // Where claimed connections go; None on a loop whose service never
-    // claims (admin).
-    handoff: Option<Handoff>,
+    // Where claimed connections go once handed over; None on a loop whose
+    // service never claims (admin).
+    outlets: Option<Outlets>,
+    // Finishes the answers of hijacked sockets a slow client did not take.
+    linger: Linger,
     shutdown: Shutdown,
     metrics: Metrics,
     // Whether the last accept failed (out of descriptors): logged once per
@@ -215,13 +230,14 @@ fn give_back(spare: &mut Vec<u8>, buf: &mut Vec<u8>) {
 }
 
 impl<S: Service> EventLoop<S> {
-    /// A loop serving `listener` with `service`, handing claimed
-    /// connections to `handoff`.
+    /// A loop serving `listener` with `service`, passing claimed
+    /// connections to `outlets`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         mut listener: TcpListener,
         service: S,
-        handoff: Option<Handoff>,
+        outlets: Option<Outlets>,
+        linger: Linger,
         config: LoopConfig,
         slots: Slots,
         clock: Arc<dyn Clock>,
@@ -241,7 +257,8 @@ impl<S: Service> EventLoop<S> {
             slots,
             clock,
             date,
-            handoff,
+            outlets,
+            linger,
             shutdown,
             metrics,
             accept_failing: false,
@@ -409,11 +426,16 @@ impl<S: Service> EventLoop<S> {
                 self.reclaim(key, false, false);
                 self.close(key);
             }
-            // Unsent answers and bytes pipelined behind the request travel
-            // with it (the hand-over needs to know of the latter).
+            // Unsent answers travel with it; bytes pipelined behind the
+            // request are not read, only noted (read before `reclaim` takes
+            // the read buffer back).
             Answer::Hijack(claim) => {
-                self.reclaim(key, true, true);
-                self.hand_over(key, claim, at, unix_s);
+                let pipelined = self
+                    .conns
+                    .get(key)
+                    .is_some_and(|c| !c.bufs.unparsed().is_empty());
+                self.reclaim(key, false, true);
+                self.hand_over(key, claim, pipelined, at, unix_s);
             }
         }
     }
@@ -520,28 +542,37 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    /// Gives the connection to the hand-over (`hijack.rs`), which takes it
-    /// off this poll and passes it on with its claim.
-    fn hand_over(&mut self, key: usize, claim: Claim, at: Instant, unix_s: u64) {
+    /// Takes the connection out of the loop and gives it to the hand-over
+    /// (`hijack::hand_over`), then passes on what that built: a sale to the
+    /// queue, a result question to the lookup thread; a full one is
+    /// answered 1004 at once, the lease given back first.
+    fn hand_over(&mut self, key: usize, claim: Claim, pipelined: bool, at: Instant, unix_s: u64) {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        let (date, canned) = self.date.stamp(unix_s);
-        let now = Now {
-            at,
-            unix_s,
-            date,
-            canned,
-            stopping: self.stopping_since.is_some(),
+        let registry = self.poll.registry();
+        let handed = hijack::hand_over(registry, conn, claim, pipelined, &self.linger, at, unix_s);
+        let Some(outlets) = &self.outlets else {
+            // Only a service that never claims (admin) runs without
+            // outlets. Were one to claim, dropping what was handed over
+            // gives its lease back and answers 1002: still one answer.
+            log::error!("a connection was claimed on a loop with nowhere to pass it");
+            return;
         };
-        match &self.handoff {
-            Some(handoff) => handoff.hand_over(self.poll.registry(), conn, claim, now),
-            None => {
-                // Only a service that never claims (admin) runs without a
-                // hand-off; were one to claim, its connection closes and
-                // the claim's lease goes back.
-                log::error!("a connection was claimed on a loop that cannot hand it over");
+        let date = self.date.get(unix_s);
+        match handed {
+            Handed::Sale(task) => {
+                if let Err(task) = outlets.queue.try_push(task) {
+                    // Another loop filled the queue since the service
+                    // looked: still 1004 at once, the unit given back
+                    // before the answer.
+                    let Task { conn, lease, .. } = task;
+                    drop(lease);
+                    self.metrics.count(RouteLabel::CartAdd, Code::Busy);
+                    conn.answer(Code::Busy, None, date);
+                }
             }
+            Handed::Result(question) => outlets.lookup.ask(question, date),
         }
     }
 

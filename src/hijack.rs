@@ -3,13 +3,14 @@
 //! A request that may win (a sale attempt holding its `Lease`) or that
 //! needs Redis to be answered (`/shop/result`) is not answered on the loop:
 //! the service returns `Answer::Hijack(claim)`, and the loop calls
-//! `Handoff::hand_over` with the connection. That one function is the seam
-//! this project teaches.
+//! `hand_over` with the connection. That one function is the seam this
+//! project teaches.
 //!
 //! # The hand-over contract
 //!
 //! A socket has exactly one owner at a time. While it is registered with an
-//! event loop's `Poll`, the loop owns it. `hand_over`:
+//! event loop's `Poll`, the loop owns it. The loop takes the connection out
+//! of its slab (its buffers and deadline go with it) and `hand_over`:
 //!
 //! 1. deregisters the socket from its `Poll` (mio's `Registry::deregister`:
 //!    after it returns, that poll delivers no more events for the socket);
@@ -19,14 +20,13 @@
 //!    flushed (earlier pipelined answers, which must reach the client
 //!    first), into a `Hijacked`;
 //! 3. builds what the claim asks for: a `Task` (attempt, lease, arrival
-//!    instant) pushed on the bounded fan-in queue for the worker, or a
-//!    `Question` for the lookup thread. A full queue or inbox is answered
-//!    1004 at once, the lease given back first.
+//!    instant) for the worker, or a `Question` for the lookup thread. The
+//!    loop pushes it on the bounded fan-in queue (or the lookup inbox); a
+//!    full one is answered 1004 at once, the lease given back first.
 //!
-//! The loop has already forgotten the connection: its slab entry, buffers
-//! and deadline are gone. Bytes the client pipelined after the hijacked
-//! request are not read (SPEC §2: the client resends them on a new
-//! connection); the answer says `Connection: close`.
+//! Bytes the client pipelined after the hijacked request are not read
+//! (SPEC §2: the client resends them on a new connection); the answer says
+//! `Connection: close`.
 //!
 //! From then on the `Hijacked` owns the socket: nobody `try_clone`s it or
 //! shares it in an `Arc`. It is answered exactly once, with
@@ -40,14 +40,12 @@
 //! reset that can destroy the answer, so the socket goes to the `Linger`
 //! thread, which writes the rest and closes gently (see `linger`).
 //!
-//! In: a registered connection and its claim. Out: a `Task` on the queue,
-//! or a `Question` for the lookup thread.
-//! Never: answers on the loop's behalf except 1004 for a full queue, or
-//! answers twice.
+//! In: a connection and its claim. Out: a `Task` for the queue, or a
+//! `Question` for the lookup thread, each owning the socket.
+//! Never: touches a queue or a thread's inbox, or answers twice.
 
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::Instant;
 
 use mio::Registry;
@@ -57,10 +55,6 @@ use crate::codes::Code;
 use crate::conn::{Conn, Slot};
 use crate::http::response::{self, Extra};
 use crate::linger::Linger;
-use crate::lookup::{Lookup, Question};
-use crate::metrics::{Metrics, RouteLabel};
-use crate::queue::Producer;
-use crate::service::Now;
 use crate::stock::Lease;
 
 /// What a hijacking request claims its connection for.
@@ -84,88 +78,72 @@ pub enum Claim {
     },
 }
 
-/// Where hijacked connections go: the queue, the lookup thread, and the
-/// linger thread that ends their sockets gently. One per public loop; the
-/// handles inside are shared.
-#[derive(Clone)]
-pub(crate) struct Handoff {
-    /// The fan-in queue to the worker.
-    pub(crate) queue: Arc<dyn Producer>,
-    /// The `/shop/result` thread.
-    pub(crate) lookup: Lookup,
-    /// Finishes slow answers.
-    pub(crate) linger: Linger,
-    /// Counts a 1004 for a queue found full.
-    pub(crate) metrics: Metrics,
+/// What the hand-over built: what the loop passes on.
+#[derive(Debug)]
+pub(crate) enum Handed {
+    /// For the queue to the worker.
+    Sale(Task),
+    /// For the lookup thread.
+    Result(Question),
 }
 
-impl Handoff {
-    /// The hand-over (see the contract above): takes `conn` off the poll
-    /// behind `registry`, makes it a plain socket owed one answer, and
-    /// passes it on with its claim. `now` is when its request was read.
-    pub(crate) fn hand_over(&self, registry: &Registry, conn: Conn, claim: Claim, now: Now<'_>) {
-        let Conn {
-            mut stream,
-            mut bufs,
-            slot,
-            registered,
-            ..
-        } = conn;
-        // Deregister first; then the socket is ours to move. A connection
-        // hijacked on its first turn, inside `accept`, was never registered.
-        if registered {
-            if let Err(e) = registry.deregister(&mut stream) {
-                // Cannot happen for a registered socket; were it to, the
-                // poll could report a stale token for a slot reused later,
-                // which the loop tolerates (a spurious event), so going on
-                // is safe.
-                log::debug!("deregister before hijack failed: {e}");
-            }
+/// The hand-over (see the contract above): takes `conn` off the poll behind
+/// `registry`, makes it a plain socket owed one answer, and builds what its
+/// claim asks for. `pipelined` says the loop had read bytes past the
+/// claimed request; `at` and `unix_s` are the loop's now for the turn that
+/// read it (the queue deadline counts from `at`).
+pub(crate) fn hand_over(
+    registry: &Registry,
+    conn: Conn,
+    claim: Claim,
+    pipelined: bool,
+    linger: &Linger,
+    at: Instant,
+    unix_s: u64,
+) -> Handed {
+    let Conn {
+        mut stream,
+        mut bufs,
+        slot,
+        registered,
+        ..
+    } = conn;
+    // Deregister first; then the socket is ours to move. A connection
+    // claimed on its first turn, inside `accept`, was never registered.
+    if registered {
+        if let Err(e) = registry.deregister(&mut stream) {
+            // Cannot happen for a registered socket; were it to, the poll
+            // could report a stale token for a slot reused later, which the
+            // loop tolerates (a spurious event), so going on is safe.
+            log::debug!("deregister before hijack failed: {e}");
         }
-        // The loop read bytes past the hijacked request: the client
-        // pipelined, and may still be sending.
-        let pipelined = !bufs.unparsed().is_empty();
-        let conn = Hijacked::new(
-            TcpStream::from(stream),
-            slot,
-            bufs.take_out(),
-            pipelined,
-            self.linger.clone(),
-            now.unix_s,
-        );
-        match claim {
-            Claim::Sale { attempt, lease } => {
-                let task = Task {
-                    lease,
-                    conn,
-                    attempt,
-                    arrived_at: now.at,
-                };
-                if let Err(task) = self.queue.try_push(task) {
-                    // Another loop filled the queue since the service
-                    // looked: still 1004 at once, the unit given back
-                    // before the answer.
-                    let Task { conn, lease, .. } = task;
-                    drop(lease);
-                    self.metrics.count(RouteLabel::CartAdd, Code::Busy);
-                    conn.answer(Code::Busy, None, now.date);
-                }
-            }
-            Claim::Result {
-                event_id,
-                goods_id,
-                uid,
-            } => self.lookup.ask(
-                Question {
-                    conn,
-                    event_id,
-                    goods_id,
-                    uid,
-                    arrived_at: now.at,
-                },
-                now.date,
-            ),
-        }
+    }
+    let conn = Hijacked::new(
+        TcpStream::from(stream),
+        slot,
+        bufs.take_out(),
+        pipelined,
+        linger.clone(),
+        unix_s,
+    );
+    match claim {
+        Claim::Sale { attempt, lease } => Handed::Sale(Task {
+            lease,
+            conn,
+            attempt,
+            arrived_at: at,
+        }),
+        Claim::Result {
+            event_id,
+            goods_id,
+            uid,
+        } => Handed::Result(Question {
+            conn,
+            event_id,
+            goods_id,
+            uid,
+            arrived_at: at,
+        }),
     }
 }
 
@@ -275,4 +253,19 @@ pub struct Task {
     /// When the request was complete on the loop; the queue deadline counts
     /// from here.
     pub arrived_at: Instant,
+}
+
+/// A `/shop/result` question on its way to the lookup thread.
+#[derive(Debug)]
+pub struct Question {
+    /// The connection, owed the answer.
+    pub(crate) conn: Hijacked,
+    /// Event id (checked).
+    pub(crate) event_id: String,
+    /// Goods id (checked).
+    pub(crate) goods_id: String,
+    /// The asking uid (from the token).
+    pub(crate) uid: String,
+    /// When the request was complete on the loop.
+    pub(crate) arrived_at: Instant,
 }

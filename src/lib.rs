@@ -8,7 +8,7 @@
 //!                    ^                                                             |
 //!                    +-- errors, reads, "no stock": answered on the loop ----------+ may win
 //!                        (service::Reply), connection kept alive                   v
-//! closed <- http/response <- store/deduct.lua <- worker <- queue/ <- hijack::Handoff
+//! closed <- http/response <- store/deduct.lua <- worker <- queue/ <- hijack::hand_over
 //!                            (Redis)            (bucket)   (full: 1004)
 //! ```
 //!
@@ -20,13 +20,17 @@
 //!    bytes-in -> bytes-out step.
 //! 2. [`http::parse`]: bytes -> `Partial` | `Complete(Request)` | `HttpError`.
 //! 3. [`service`]: what the loop hands a request to, and the one `Answer`
-//!    it gets back (written, or `Hijack` with a claim). [`public`] runs
-//!    [`route`] (404/405), [`auth`] (token, 4001), [`attempt`] (body and
-//!    ids, 4000) and the event window in order.
-//! 4. [`stock`]: the node's memory share: `try_take` -> `Lease` or `NoLease`.
-//! 5. [`hijack`]: `Handoff::hand_over` deregisters the socket, makes it a
-//!    `Hijacked` owed one answer and builds the `Task` for the bounded
-//!    fan-in [`queue`] (or the `Question` for [`lookup`]).
+//!    it gets back (written, or `Hijack` with a claim). [`public`] runs the
+//!    checks in order: [`route`] (404/405), [`auth`] (token, 4001), the
+//!    blacklist (4003), [`attempt`] (body and ids, 4000), event and goods
+//!    (4004), the event window (1006/1007).
+//! 4. [`stock`]: the node's memory share: `try_take` -> `Lease` or `NoLease`
+//!    (1001, 1005, 1004); then the breaker (1002) and a full queue (1004)
+//!    can still refuse, and the lease goes back.
+//! 5. [`hijack`]: `hand_over` deregisters the socket, makes it a `Hijacked`
+//!    owed one answer and builds the `Task`; the loop pushes it on the
+//!    bounded fan-in [`queue`] (a `/shop/result` question goes to
+//!    [`lookup`] the same way).
 //! 6. [`worker`], [`bucket`]: one worker, paced by the token bucket; 1003
 //!    past `request_timeout_ms`.
 //! 7. [`store::deduct`] and `store/deduct.lua`: the atomic sale in Redis ->
@@ -40,9 +44,11 @@
 //! # Where things live
 //!
 //! The rule, for what comes next: **a stage of the request path is a file
-//! at the top of `src/`** (or in `http/` and `queue/`, as today); **a concern
-//! beside the path that needs more than one file gets its own folder**;
-//! the wiring and the vocabulary every stage shares stay at the top.
+//! at the top of `src/`** (or in `http/` and `queue/`, as today; stage 7,
+//! the deduct, is the one stage that lives with its concern, in `store/`,
+//! because it is a Redis script); **a concern beside the path that needs
+//! more than one file gets its own folder**; the wiring and the vocabulary
+//! every stage shares stay at the top.
 //!
 //! - [`store`]: the Redis access layer: keys and id syntax, connections,
 //!   the breaker, the deduct script. Redis Cluster goes here.
@@ -71,7 +77,7 @@ pub mod conn;
 pub mod event_loop;
 // 2 and 8. HTTP bytes in, HTTP bytes out.
 pub mod http;
-// 3. What the loop hands a request to, and the public listener's checks.
+// 3. What the loop hands a request to, and the one answer it gets back.
 pub mod service;
 // 3. The public listener's service: runs route, auth and attempt in order.
 pub mod public;

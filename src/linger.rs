@@ -1,9 +1,10 @@
 //! Beside the path: the linger thread, which ends hijacked connections
 //! gently.
 //!
-//! Whoever answers a hijacked connection (the worker, the lookup thread)
-//! writes the answer non-blocking and, most of the time, closes the socket
-//! at once. Two cases would make that close hurt the client, and those
+//! Whoever answers a hijacked connection (the worker, the lookup thread,
+//! or the event loop itself for a 1004 when the queue or the inbox is
+//! full) writes the answer non-blocking and, most of the time, closes the
+//! socket at once. Two cases would make that close hurt the client, and those
 //! sockets come here instead:
 //!
 //! - **The client has not taken the whole answer yet** (its receive window

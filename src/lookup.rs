@@ -28,7 +28,7 @@ use redis::Value;
 
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::hijack::Hijacked;
+use crate::hijack::Question;
 use crate::http::response::DateCache;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -40,21 +40,6 @@ use crate::store::keys::GoodsKeys;
 const BACKLOG: usize = 4096;
 /// Questions asked in one round trip at most.
 const MAX_BATCH: usize = 256;
-
-/// One result question.
-#[derive(Debug)]
-pub(crate) struct Question {
-    /// The connection, owed the answer.
-    pub(crate) conn: Hijacked,
-    /// Event id (checked).
-    pub(crate) event_id: String,
-    /// Goods id (checked).
-    pub(crate) goods_id: String,
-    /// The asking uid (from the token).
-    pub(crate) uid: String,
-    /// When the request was complete on the loop.
-    pub(crate) arrived_at: Instant,
-}
 
 /// The lookup thread's inbox.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::attempt::{self, Attempt};
 use crate::auth::{AuthError, Signer};
 use crate::blacklist::Blacklist;
-use crate::catalog::{Catalog, Snapshot};
+use crate::catalog::snapshot::{Catalog, Snapshot};
 use crate::codes::Code;
 use crate::conn::Slots;
 use crate::hijack::Claim;
@@ -214,7 +214,8 @@ mod fixture {
     use super::Public;
     use crate::auth::Signer;
     use crate::blacklist::Blacklist;
-    use crate::catalog::{Catalog, EventDef, Snapshot};
+    use crate::catalog::event::EventDef;
+    use crate::catalog::snapshot::{Catalog, Snapshot};
     use crate::config::QueueConfig;
     use crate::conn::Slots;
     use crate::metrics::Metrics;

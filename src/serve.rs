@@ -27,12 +27,12 @@ use crate::admin::Admin;
 use crate::auth::Signer;
 use crate::blacklist::Blacklist;
 use crate::bucket::Bucket;
-use crate::catalog::{Catalog, Refresher};
+use crate::catalog::refresh::Refresher;
+use crate::catalog::snapshot::Catalog;
 use crate::clock::Clock;
 use crate::config::{Config, SHOP_QUEUE};
 use crate::conn::Slots;
-use crate::event_loop::{EventLoop, LoopConfig};
-use crate::hijack::Handoff;
+use crate::event_loop::{EventLoop, LoopConfig, Outlets};
 use crate::http::parse::Limits;
 use crate::linger::Linger;
 use crate::lookup::Lookup;
@@ -227,11 +227,9 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .local_addr()
         .map_err(|e| format!("admin.bind: {e}"))?;
 
-    let handoff = Handoff {
+    let outlets = Outlets {
         queue: producer.clone(),
         lookup,
-        linger,
-        metrics: metrics.clone(),
     };
     let mut loops = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
@@ -248,7 +246,8 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
         let ev = EventLoop::new(
             l,
             service,
-            Some(handoff.clone()),
+            Some(outlets.clone()),
+            linger.clone(),
             loop_config.clone(),
             slots.clone(),
             clock.clone(),
@@ -266,7 +265,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
     // The loops hold the only producers and lookup senders now: when they
     // end, the queue and the lookup inbox close.
     drop(producer);
-    drop(handoff);
+    drop(outlets);
 
     let admin = Admin::new(
         config.admin.key.clone(),
@@ -279,6 +278,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
         admin_listener,
         admin,
         None,
+        linger,
         loop_config,
         Slots::new(ADMIN_CONNECTIONS),
         clock.clone(),

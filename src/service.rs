@@ -8,9 +8,10 @@
 //! Every request ends in one `Answer`: written into the connection's
 //! buffer (the connection stays open, or closes once it is flushed), or not
 //! written because the connection is claimed (`Answer::Hijack`, which the
-//! loop passes to `hijack::Handoff`). A service builds each written answer
-//! as one `Reply` and writes it with `Reply::write`, so it is counted and
-//! written in one place.
+//! loop passes to `hijack::hand_over`). A service builds each written
+//! answer as one `Reply`, counts its `code` and writes it with
+//! `Reply::write`: one count and one write per request, at the end of
+//! `handle`.
 
 use std::time::Instant;
 

@@ -1,9 +1,9 @@
 //! Stage 4 of 8: the node's memory share of each goods' stock (SPEC §4).
 //!
 //! In: a checked attempt (event, goods, uid). Out: a `Lease` (the request
-//! may win and goes on to the queue) or an answer the event loop gives at
-//! once: `NoStock` (1001), `AlreadyPurchased` (1005), `Queued` (1004),
-//! `Unknown` (4004).
+//! may win and goes on to the queue) or `NoLease`, why not, which the event
+//! loop answers at once: `NoStock` (1001), `AlreadyPurchased` (1005),
+//! `Queued` (1004), `Unknown` (4004) (the codes are `codes.rs`'s).
 //!
 //! Invariants:
 //! - a share never goes below zero: taking is a compare-and-swap that stops

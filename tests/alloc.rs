@@ -12,7 +12,7 @@ use std::cell::Cell;
 use std::time::Instant;
 
 use seckill::auth::Signer;
-use seckill::catalog::EventDef;
+use seckill::catalog::event::EventDef;
 use seckill::conn::Buffers;
 use seckill::event_loop::answer_buffered;
 use seckill::http::parse::Limits;

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use seckill::catalog::EventDef;
+use seckill::catalog::event::EventDef;
 use seckill::conn::Buffers;
 use seckill::event_loop::{answer_buffered, TURN_WORK};
 use seckill::http::parse::Limits;

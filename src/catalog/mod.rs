@@ -7,11 +7,6 @@
 //! - [`refresh`](mod@refresh): the threads that keep the snapshot and the
 //!   memory stock in step with Redis.
 
-pub(crate) mod event;
+pub mod event;
 pub(crate) mod refresh;
 pub(crate) mod snapshot;
-
-pub use event::EventDef;
-pub(crate) use event::{stock_number, GoodsDef};
-pub(crate) use refresh::Refresher;
-pub(crate) use snapshot::{Catalog, Snapshot};

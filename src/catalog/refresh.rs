@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 
-use super::{stock_number, Catalog, EventDef, Snapshot};
+use crate::catalog::event::{stock_number, EventDef};
+use crate::catalog::snapshot::{Catalog, Snapshot};
 use crate::metrics::Metrics;
 use crate::stock::Stock;
 use crate::store::conn::{connect, LazyConn};

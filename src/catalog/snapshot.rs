@@ -16,7 +16,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::Serialize;
 
-use super::EventDef;
+use crate::catalog::event::EventDef;
 use crate::stock::Stock;
 
 /// What the loop needs of one event to serve an attempt, plus its answer.
