@@ -35,6 +35,8 @@ pub struct Config {
     pub stock: StockConfig,
     /// `[blacklist]`: uids answered 4003.
     pub blacklist: BlacklistConfig,
+    /// `[sink]`: orders from Redis into PostgreSQL (SPEC §9).
+    pub sink: SinkConfig,
 }
 
 /// `[server]`.
@@ -130,6 +132,43 @@ pub struct BlacklistConfig {
     pub file: String,
 }
 
+/// `[sink]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// PostgreSQL URL; empty = no sink.
+    pub url: String,
+    /// Orders per transaction at most.
+    pub batch: usize,
+    /// An order pending this long at a dead consumer is claimed by another.
+    pub claim_idle_ms: u64,
+    /// How often the compensation scan runs.
+    pub reconcile_s: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            url: String::new(),
+            batch: 1000,
+            claim_idle_ms: 30_000,
+            reconcile_s: 60,
+        }
+    }
+}
+
+impl SinkConfig {
+    /// `claim_idle_ms`.
+    pub fn claim_idle(&self) -> Duration {
+        Duration::from_millis(self.claim_idle_ms)
+    }
+
+    /// `reconcile_s`.
+    pub fn reconcile_every(&self) -> Duration {
+        Duration::from_secs(self.reconcile_s)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         let mut queue = BTreeMap::new();
@@ -143,6 +182,7 @@ impl Default for Config {
             queue,
             stock: StockConfig::default(),
             blacklist: BlacklistConfig::default(),
+            sink: SinkConfig::default(),
         }
     }
 }
@@ -330,6 +370,14 @@ impl Config {
             ),
             ("breaker.probe_ms".into(), b.probe_ms, 1, HOUR_MS),
             ("stock.nodes".into(), self.stock.nodes, 1, 100_000),
+            ("sink.batch".into(), self.sink.batch as u64, 1, 100_000),
+            (
+                "sink.claim_idle_ms".into(),
+                self.sink.claim_idle_ms,
+                1,
+                DAY_MS,
+            ),
+            ("sink.reconcile_s".into(), self.sink.reconcile_s, 1, 86_400),
         ];
         for (name, q) in &self.queue {
             ranges.push((format!("queue.{name}.size"), q.size as u64, 1, 10_000_000));

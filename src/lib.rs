@@ -99,6 +99,7 @@ pub mod linger;
 // Beside the path: one folder per concern.
 pub mod catalog;
 pub mod client;
+pub mod orders;
 pub mod store;
 // Beside the path: one file each.
 pub(crate) mod admin;

@@ -1,4 +1,4 @@
-//! The `seckill` command line: `serve`, `token` and `bench` (SPEC §8).
+//! The `seckill` command line: `serve`, `sink`, `token` and `bench` (SPEC §8).
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -51,6 +51,15 @@ enum Command {
         /// The secret; default: `auth.secret` from the config.
         #[arg(long)]
         secret: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run only the orders sink (SPEC §9): Redis streams into PostgreSQL,
+    /// until SIGTERM or SIGINT (the batch in hand is finished first).
+    Sink {
+        /// Consumer name, stable across restarts; default `<host name>:sink`.
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -125,6 +134,27 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Serve { config } => {
             let config = Config::load(&config.config).map_err(|e| e.to_string())?;
             seckill::serve::run(config, clock)
+        }
+        Command::Sink { name, config } => {
+            let config = Config::load(&config.config).map_err(|e| e.to_string())?;
+            if config.sink.url.is_empty() {
+                return Err("sink.url is empty: set it in the config".into());
+            }
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone())
+                    .map_err(|e| format!("signal handler: {e}"))?;
+            }
+            let setup = seckill::orders::sink::SinkSetup {
+                redis_url: config.redis.url.clone(),
+                redis_timeout: config.redis.timeout(),
+                name: name
+                    .unwrap_or_else(|| format!("{}:sink", seckill::orders::sink::host_name())),
+                config: config.sink,
+            };
+            seckill::orders::sink::Sink::new(setup, seckill::metrics::Metrics::default(), stop)?
+                .run();
+            Ok(())
         }
         Command::Token {
             uid,

@@ -68,6 +68,19 @@ struct Inner {
     unresolved: AtomicU64,
     catalog_skipped: AtomicI64,
     lookups_waiting: AtomicI64,
+    sink: SinkCounters,
+}
+
+/// The sink's numbers (SPEC §7), shown once a sink runs in this process.
+#[derive(Debug, Default)]
+struct SinkCounters {
+    on: std::sync::atomic::AtomicBool,
+    persisted: AtomicU64,
+    lag: AtomicU64,
+    retries: AtomicU64,
+    repaired: AtomicU64,
+    conflicts: AtomicU64,
+    malformed: AtomicU64,
 }
 
 /// Shared handle to every counter.
@@ -87,6 +100,7 @@ impl Default for Metrics {
             unresolved: AtomicU64::new(0),
             catalog_skipped: AtomicI64::new(0),
             lookups_waiting: AtomicI64::new(0),
+            sink: SinkCounters::default(),
         }))
     }
 }
@@ -155,6 +169,42 @@ impl Metrics {
     /// answered by it (-1).
     pub(crate) fn lookups_waiting(&self, delta: i64) {
         self.0.lookups_waiting.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A sink runs in this process: its numbers are shown.
+    pub(crate) fn sink_on(&self) {
+        self.0.sink.on.store(true, Ordering::Relaxed);
+    }
+
+    /// Rows a sink inserted into PostgreSQL.
+    pub(crate) fn sink_persisted(&self, n: u64) {
+        self.0.sink.persisted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Orders in the streams not yet in PostgreSQL, as last measured.
+    pub(crate) fn sink_lag(&self, n: u64) {
+        self.0.sink.lag.store(n, Ordering::Relaxed);
+    }
+
+    /// A write or read the sink will try again (PostgreSQL or Redis failed).
+    pub(crate) fn sink_retry(&self) {
+        self.0.sink.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rows the compensation scan wrote that the stream had and PostgreSQL
+    /// did not.
+    pub(crate) fn sink_repaired(&self, n: u64) {
+        self.0.sink.repaired.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Orders kept in `seckill_order_conflicts`.
+    pub(crate) fn sink_conflicts(&self, n: u64) {
+        self.0.sink.conflicts.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Stream entries that are not orders, skipped.
+    pub(crate) fn sink_malformed(&self, n: u64) {
+        self.0.sink.malformed.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The exposition text; the queue depth, the breaker state and the
@@ -273,6 +323,49 @@ impl Metrics {
             "1 while the Redis circuit breaker is open.",
             u8::from(breaker_open),
         );
+        let k = &m.sink;
+        if k.on.load(Ordering::Relaxed) {
+            for (name, kind, help, value) in [
+                (
+                    "seckill_sink_persisted_total",
+                    "counter",
+                    "Orders the sink inserted into PostgreSQL.",
+                    &k.persisted,
+                ),
+                (
+                    "seckill_sink_lag_orders",
+                    "gauge",
+                    "Orders in the streams not yet in PostgreSQL (pending or not yet read).",
+                    &k.lag,
+                ),
+                (
+                    "seckill_sink_retries_total",
+                    "counter",
+                    "Sink reads and writes tried again after PostgreSQL or Redis failed.",
+                    &k.retries,
+                ),
+                (
+                    "seckill_sink_repaired_total",
+                    "counter",
+                    "Orders the compensation scan found in a stream and not in PostgreSQL, and wrote.",
+                    &k.repaired,
+                ),
+                (
+                    "seckill_sink_conflicts_total",
+                    "counter",
+                    "Orders kept in seckill_order_conflicts: another order of the same uid and goods exists.",
+                    &k.conflicts,
+                ),
+                (
+                    "seckill_sink_malformed_total",
+                    "counter",
+                    "Stream entries that are not orders (a missing or bad field), skipped.",
+                    &k.malformed,
+                ),
+            ] {
+                scalar(&mut s, name, kind, help, value.load(Ordering::Relaxed));
+            }
+        }
         s
     }
 }

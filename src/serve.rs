@@ -37,6 +37,7 @@ use crate::http::parse::Limits;
 use crate::linger::Linger;
 use crate::lookup::Lookup;
 use crate::metrics::Metrics;
+use crate::orders::sink::{host_name, Sink, SinkSetup};
 use crate::public::Public;
 use crate::queue;
 use crate::shutdown::Shutdown;
@@ -267,6 +268,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
     drop(producer);
     drop(outlets);
 
+    let metrics_for_sink = metrics.clone();
     let admin = Admin::new(
         config.admin.key.clone(),
         &config.redis.url,
@@ -293,16 +295,32 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .map_err(|e| format!("admin thread: {e}"))?,
     );
 
+    // The orders sink (SPEC §9): its own thread and connections, so the
+    // sale never waits for it; it stops with the same flag.
+    let mut answerers = vec![
+        ("worker", worker),
+        ("lookup", lookup_thread),
+        ("linger", linger_thread),
+    ];
+    if !config.sink.url.is_empty() {
+        let setup = SinkSetup {
+            redis_url: config.redis.url.clone(),
+            redis_timeout,
+            config: config.sink.clone(),
+            name: format!("{}:{}", host_name(), public_addr.port()),
+        };
+        let sink = Sink::new(setup, metrics_for_sink, shutdown.flag())?
+            .spawn()
+            .map_err(|e| format!("sink thread: {e}"))?;
+        answerers.push(("sink", sink));
+    }
+
     Ok(Running {
         public_addr,
         admin_addr,
         shutdown,
         loops,
-        answerers: vec![
-            ("worker", worker),
-            ("lookup", lookup_thread),
-            ("linger", linger_thread),
-        ],
+        answerers,
     })
 }
 

@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod pg;
+
 use seckill::client::{self, ReadError};
 use seckill::config::{Config, QueueConfig, SHOP_QUEUE};
 
@@ -622,4 +624,51 @@ pub fn buy_bytes(uid: &str, event_id: &str, goods_id: &str, extra: &str) -> Vec<
         Some(&body),
         extra,
     )
+}
+
+/// A `seckill sink` child process.
+pub struct SinkProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SinkProcess {
+    /// Starts `seckill sink --name NAME` with `config`.
+    pub fn start(config: &Config, name: &str) -> SinkProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, toml::to_string(config).expect("config as TOML")).expect("write");
+        let child = Command::new(env!("CARGO_BIN_EXE_seckill"))
+            .arg("sink")
+            .arg("--config")
+            .arg(&path)
+            .args(["--name", name])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn seckill sink");
+        SinkProcess { child, _dir: dir }
+    }
+
+    /// SIGKILL: no batch finished, nothing acknowledged after this.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,265 @@
+//! The PostgreSQL side of the sink: the schema, and each batch written in
+//! one transaction.
+//!
+//! In: `Order`s read from a goods' stream. Out: rows in `seckill_orders`,
+//! `seckill_goods.sold` raised by the rows actually inserted, and orders
+//! that clash with another order of the same uid kept in
+//! `seckill_order_conflicts`.
+//! Invariants: writing a batch twice changes nothing the second time (the
+//! key is `(event_id, goods_id, order_id)`: a stream id is unique only
+//! within its stream); a batch is all or nothing (one transaction), so the
+//! caller acknowledges the entries only after `write` returned; a
+//! conflicting order is never dropped silently.
+//! Never: talks to Redis.
+
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls, Transaction};
+
+use crate::orders::stream::Order;
+
+/// The schema version this build writes (`seckill_schema`).
+pub(crate) const SCHEMA_VERSION: i32 = 1;
+
+/// Version 1 of the schema (SPEC §9), as plain SQL. Every statement is
+/// idempotent, so two sinks starting at once both succeed.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS seckill_schema (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS seckill_orders (
+    event_id text NOT NULL,
+    goods_id text NOT NULL,
+    order_id text NOT NULL,
+    uid text NOT NULL,
+    ts_ms bigint NOT NULL,
+    persisted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, goods_id, order_id),
+    UNIQUE (event_id, goods_id, uid)
+);
+CREATE TABLE IF NOT EXISTS seckill_goods (
+    event_id text NOT NULL,
+    goods_id text NOT NULL,
+    name text NOT NULL DEFAULT '',
+    price_cents bigint NOT NULL DEFAULT 0,
+    stock bigint NOT NULL DEFAULT 0,
+    sold bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (event_id, goods_id)
+);
+CREATE TABLE IF NOT EXISTS seckill_order_conflicts (
+    event_id text NOT NULL,
+    goods_id text NOT NULL,
+    order_id text NOT NULL,
+    uid text NOT NULL,
+    ts_ms bigint NOT NULL,
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS seckill_order_conflicts_once
+    ON seckill_order_conflicts (event_id, goods_id, order_id);
+INSERT INTO seckill_schema (version) VALUES (1) ON CONFLICT DO NOTHING;
+";
+
+/// The batch as five parallel arrays, for `unnest`.
+const INPUT: &str =
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
+    AS t(event_id, goods_id, order_id, uid, ts_ms)";
+
+/// What writing a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// Rows inserted now (the rest were there already).
+    pub(crate) inserted: u64,
+    /// Orders that clash with another order of the same uid, kept now.
+    pub(crate) conflicts: u64,
+}
+
+/// A goods' row in `seckill_goods`, from its event definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GoodsRow {
+    /// The event.
+    pub(crate) event_id: String,
+    /// The goods.
+    pub(crate) goods_id: String,
+    /// Display name.
+    pub(crate) name: String,
+    /// Price in cents.
+    pub(crate) price_cents: i64,
+    /// Stock, with top-ups.
+    pub(crate) stock: i64,
+}
+
+/// Connects to `url` with `timeout` to connect, and makes sure the schema
+/// is there. A database whose schema is newer than this build refuses: an
+/// older sink must not write into tables it does not know.
+pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Client, String> {
+    let mut config: Config = url.parse().map_err(|e| format!("{e}"))?;
+    config.connect_timeout(timeout);
+    let mut client = config.connect(NoTls).map_err(|e| explain(&e))?;
+    // Sinks starting together would race on the catalog (two CREATE TABLE
+    // IF NOT EXISTS can still clash): one at a time, under a lock that
+    // ends with the transaction.
+    let mut tx = client.transaction().map_err(|e| explain(&e))?;
+    tx.batch_execute("SELECT pg_advisory_xact_lock(7326545500)")
+        .and_then(|()| tx.batch_execute(SCHEMA_V1))
+        .map_err(|e| format!("schema: {}", explain(&e)))?;
+    tx.commit().map_err(|e| explain(&e))?;
+    let version: Option<i32> = client
+        .query_one("SELECT max(version) FROM seckill_schema", &[])
+        .map_err(|e| format!("schema: {}", explain(&e)))?
+        .get(0);
+    match version {
+        Some(v) if v > SCHEMA_VERSION => Err(format!(
+            "schema version {v} is newer than this build's {SCHEMA_VERSION}"
+        )),
+        _ => Ok(client),
+    }
+}
+
+/// Writes `orders` (all of one goods or not: each row carries its ids) in
+/// one transaction: inserts the new ones, raises each goods' `sold` by the
+/// rows it got, and keeps orders whose uid already has another order.
+pub(crate) fn write(client: &mut Client, orders: &[Order]) -> Result<Written, postgres::Error> {
+    if orders.is_empty() {
+        return Ok(Written::default());
+    }
+    let mut tx = client.transaction()?;
+    let written = write_in(&mut tx, orders)?;
+    tx.commit()?;
+    Ok(written)
+}
+
+fn write_in(tx: &mut Transaction<'_>, orders: &[Order]) -> Result<Written, postgres::Error> {
+    let cols = Columns::of(orders);
+    let params = cols.params();
+    // ON CONFLICT with no target: a replayed order (same key) and a second
+    // order of one uid (the unique uid) are both skipped here; the second
+    // kind is found below and kept.
+    let inserted = tx.query(
+        &format!(
+            "WITH ins AS (
+                INSERT INTO seckill_orders (event_id, goods_id, order_id, uid, ts_ms)
+                {INPUT}
+                ON CONFLICT DO NOTHING
+                RETURNING event_id, goods_id)
+             SELECT event_id, goods_id, count(*) FROM ins GROUP BY event_id, goods_id"
+        ),
+        &params,
+    )?;
+    let mut total = 0;
+    for row in &inserted {
+        let (event_id, goods_id, n): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        tx.execute(
+            "INSERT INTO seckill_goods (event_id, goods_id, sold) VALUES ($1, $2, $3)
+             ON CONFLICT (event_id, goods_id) DO UPDATE SET sold = seckill_goods.sold + EXCLUDED.sold",
+            &[&event_id, &goods_id, &n],
+        )?;
+        total += n.max(0) as u64;
+    }
+    let conflicts = tx.query(
+        &format!(
+            "INSERT INTO seckill_order_conflicts (event_id, goods_id, order_id, uid, ts_ms)
+             SELECT i.event_id, i.goods_id, i.order_id, i.uid, i.ts_ms
+             FROM ({INPUT}) i
+             JOIN seckill_orders o
+               ON o.event_id = i.event_id AND o.goods_id = i.goods_id
+              AND o.uid = i.uid AND o.order_id <> i.order_id
+             ON CONFLICT DO NOTHING
+             RETURNING event_id, goods_id, order_id, uid"
+        ),
+        &params,
+    )?;
+    for row in &conflicts {
+        let (e, g, id, uid): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        log::error!(
+            "order {e}/{g}/{id}: uid {uid} already has another order; kept in seckill_order_conflicts"
+        );
+    }
+    Ok(Written {
+        inserted: total,
+        conflicts: conflicts.len() as u64,
+    })
+}
+
+/// An error with the server's own message when there is one (the
+/// `Display` of a server error is only "db error").
+pub(crate) fn explain(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Creates or updates a goods' row from its definition (its `sold` is
+/// left as the sink counted it).
+pub(crate) fn upsert_goods(client: &mut Client, g: &GoodsRow) -> Result<(), postgres::Error> {
+    client.execute(
+        "INSERT INTO seckill_goods (event_id, goods_id, name, price_cents, stock)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (event_id, goods_id) DO UPDATE
+         SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents, stock = EXCLUDED.stock",
+        &[&g.event_id, &g.goods_id, &g.name, &g.price_cents, &g.stock],
+    )?;
+    Ok(())
+}
+
+/// The order ids PostgreSQL holds for one goods.
+pub(crate) fn order_ids(
+    client: &mut Client,
+    event_id: &str,
+    goods_id: &str,
+) -> Result<std::collections::HashSet<String>, postgres::Error> {
+    let rows = client.query(
+        "SELECT order_id FROM seckill_orders WHERE event_id = $1 AND goods_id = $2",
+        &[&event_id, &goods_id],
+    )?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Sets a goods' `sold` to its row count (the compensation scan's last
+/// step).
+pub(crate) fn recount(
+    client: &mut Client,
+    event_id: &str,
+    goods_id: &str,
+) -> Result<(), postgres::Error> {
+    client.execute(
+        "INSERT INTO seckill_goods (event_id, goods_id, sold)
+         VALUES ($1, $2, (SELECT count(*) FROM seckill_orders WHERE event_id = $1 AND goods_id = $2))
+         ON CONFLICT (event_id, goods_id) DO UPDATE SET sold = EXCLUDED.sold",
+        &[&event_id, &goods_id],
+    )?;
+    Ok(())
+}
+
+/// A batch as parallel columns.
+struct Columns {
+    event_id: Vec<String>,
+    goods_id: Vec<String>,
+    order_id: Vec<String>,
+    uid: Vec<String>,
+    ts_ms: Vec<i64>,
+}
+
+impl Columns {
+    fn of(orders: &[Order]) -> Self {
+        Columns {
+            event_id: orders.iter().map(|o| o.event_id.clone()).collect(),
+            goods_id: orders.iter().map(|o| o.goods_id.clone()).collect(),
+            order_id: orders.iter().map(|o| o.order_id.clone()).collect(),
+            uid: orders.iter().map(|o| o.uid.clone()).collect(),
+            ts_ms: orders.iter().map(|o| o.ts_ms).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn postgres::types::ToSql + Sync); 5] {
+        [
+            &self.event_id,
+            &self.goods_id,
+            &self.order_id,
+            &self.uid,
+            &self.ts_ms,
+        ]
+    }
+}

@@ -1,0 +1,471 @@
+//! The sink thread: every goods' `orders` stream into PostgreSQL, exactly
+//! once (SPEC §9).
+//!
+//! One thread, one Redis connection, one PostgreSQL client. Each pass:
+//! 1. every second, learn the goods from `seckill:events`, make the group
+//!    on each stream that exists (at id `0`), and bring `seckill_goods` up
+//!    to date with the definitions;
+//! 2. every `claim_idle_ms / 2`, take over entries pending longer than
+//!    `claim_idle_ms` at another consumer (a sink that died);
+//! 3. for each goods, read this consumer's pending entries first, then new
+//!    ones (at most `sink.batch`, one stream per read), write them in one
+//!    transaction, and `XACK` them only after `COMMIT`;
+//! 4. every `reconcile_s`, the compensation scan: each stream's delivered
+//!    entries that are neither pending nor in PostgreSQL are written (and
+//!    counted as repaired), and `sold` is set to the row count.
+//!
+//! Exactly once, step by step: an entry is acknowledged only after its
+//! transaction committed, so a crash before `XACK` leaves it pending and it
+//! is read again (by this consumer on restart, or claimed by another); the
+//! insert is idempotent on `(event_id, goods_id, order_id)`, so writing it
+//! again changes nothing and `sold` rises only by rows really inserted. A
+//! group that disappeared (Redis flushed, or restarted without its data) is
+//! made again at `0` and replays harmlessly. What the group itself lost
+//! (an entry acknowledged but never written, a database restored from an
+//! older backup) the compensation scan finds.
+//!
+//! Failures: PostgreSQL or Redis down is retried with backoff (100 ms
+//! doubling to 5 s), logged once per outage and counted in
+//! `seckill_sink_retries_total`; the sale never waits for the sink. A
+//! malformed entry is logged, counted, acknowledged and skipped; it never
+//! blocks the entries behind it.
+//! Never: writes to a stream or deletes an entry; runs on an event loop.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+
+use crate::catalog::event::EventDef;
+use crate::config::SinkConfig;
+use crate::metrics::Metrics;
+use crate::orders::db::{self, GoodsRow};
+use crate::orders::stream::{self, Goods, Read};
+use crate::store::conn::LazyConn;
+use crate::store::keys::{self, GoodsKeys};
+
+/// How often the goods are learnt again from `seckill:events`.
+const DISCOVER: Duration = Duration::from_secs(1);
+/// How often the lag is measured.
+const MEASURE: Duration = Duration::from_millis(250);
+/// Pause when no stream had anything new.
+const IDLE: Duration = Duration::from_millis(20);
+/// First pause after a failure; it doubles up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Connect timeout for PostgreSQL.
+const PG_CONNECT: Duration = Duration::from_secs(2);
+
+/// What a sink needs to start.
+#[derive(Debug, Clone)]
+pub struct SinkSetup {
+    /// `redis.url`.
+    pub redis_url: String,
+    /// `redis.timeout_ms`.
+    pub redis_timeout: Duration,
+    /// `[sink]`.
+    pub config: SinkConfig,
+    /// The consumer name, stable for this node across restarts.
+    pub name: String,
+}
+
+/// This machine's host name (for consumer names), or `localhost`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Why a pass stopped early.
+#[derive(Debug)]
+enum Failure {
+    Redis(redis::RedisError),
+    Pg(String),
+}
+
+fn pg_failed(e: postgres::Error) -> Failure {
+    Failure::Pg(db::explain(&e))
+}
+
+/// The sink and everything it owns.
+pub struct Sink {
+    redis: LazyConn,
+    pg: Option<Client>,
+    setup: SinkSetup,
+    metrics: Metrics,
+    stop: Arc<AtomicBool>,
+    goods: Vec<Goods>,
+    // The goods rows last written to `seckill_goods`, to write only changes.
+    rows: HashMap<(String, String), GoodsRow>,
+    discovered_at: Option<Instant>,
+    claimed_at: Option<Instant>,
+    reconciled_at: Option<Instant>,
+    measured_at: Option<Instant>,
+    // Set while an outage lasts, so it is logged once.
+    pg_down: bool,
+    redis_down: bool,
+}
+
+impl Sink {
+    /// A sink; nothing is read until `run`.
+    pub fn new(setup: SinkSetup, metrics: Metrics, stop: Arc<AtomicBool>) -> Result<Self, String> {
+        let redis = LazyConn::open(&setup.redis_url, setup.redis_timeout)
+            .map_err(|e| format!("redis.url: {e}"))?;
+        setup
+            .config
+            .url
+            .parse::<postgres::Config>()
+            .map_err(|e| format!("sink.url: {e}"))?;
+        Ok(Sink {
+            redis,
+            pg: None,
+            setup,
+            metrics,
+            stop,
+            goods: Vec::new(),
+            rows: HashMap::new(),
+            discovered_at: None,
+            claimed_at: None,
+            reconciled_at: None,
+            measured_at: None,
+            pg_down: false,
+            redis_down: false,
+        })
+    }
+
+    /// Runs the sink on its own thread until `stop`.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("seckill-sink".into())
+            .spawn(move || self.run())
+    }
+
+    /// Runs until `stop` is set; the batch in hand is finished first.
+    pub fn run(mut self) {
+        self.metrics.sink_on();
+        log::info!(
+            "sink {}: orders from {} into PostgreSQL",
+            self.setup.name,
+            self.setup.redis_url
+        );
+        let mut backoff = MIN_BACKOFF;
+        while !self.stopped() {
+            match self.pass() {
+                Ok(true) => backoff = MIN_BACKOFF,
+                Ok(false) => {
+                    backoff = MIN_BACKOFF;
+                    self.pause(IDLE);
+                }
+                Err(failure) => {
+                    self.metrics.sink_retry();
+                    self.note(failure);
+                    self.pause(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Sleeps `d`, waking early for the stop.
+    fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stopped() {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Logs a failure once per outage, and drops the connection it came
+    /// from so the next try connects anew.
+    fn note(&mut self, failure: Failure) {
+        match failure {
+            Failure::Pg(e) => {
+                self.pg = None;
+                if !std::mem::replace(&mut self.pg_down, true) {
+                    log::warn!("sink: PostgreSQL failed: {e}; retrying with backoff, sales go on");
+                }
+            }
+            Failure::Redis(e) => {
+                if !std::mem::replace(&mut self.redis_down, true) {
+                    log::warn!("sink: Redis failed: {e}; retrying with backoff");
+                }
+            }
+        }
+    }
+
+    /// One round over every goods; true when it found work.
+    fn pass(&mut self) -> Result<bool, Failure> {
+        let now = Instant::now();
+        if due(self.discovered_at, DISCOVER, now) {
+            self.discover()?;
+            self.discovered_at = Some(now);
+        }
+        let claim_every = (self.setup.config.claim_idle() / 2).max(Duration::from_millis(10));
+        if due(self.claimed_at, claim_every, now) {
+            self.claim_all()?;
+            self.claimed_at = Some(now);
+        }
+        // Measured before the writes, so an outage of PostgreSQL shows as
+        // lag rising while every write fails.
+        if due(self.measured_at, MEASURE, now) {
+            self.measure()?;
+            self.measured_at = Some(now);
+        }
+        let mut worked = false;
+        for goods in self.goods.clone() {
+            if self.stopped() {
+                break;
+            }
+            worked |= self.drain(&goods)?;
+        }
+        // The first scan waits one period: a starting sink has its backlog
+        // to read first.
+        if self.reconciled_at.is_none() {
+            self.reconciled_at = Some(now);
+        }
+        if due(self.reconciled_at, self.setup.config.reconcile_every(), now) {
+            self.reconcile()?;
+            self.reconciled_at = Some(now);
+        }
+        if !worked {
+            // Caught up: say so at once rather than at the next tick.
+            self.measure()?;
+            self.measured_at = Some(now);
+        }
+        Ok(worked)
+    }
+
+    /// The PostgreSQL client, connecting (and making the schema) first if
+    /// there is none.
+    fn pg(&mut self) -> Result<&mut Client, Failure> {
+        let client = match self.pg.take() {
+            Some(client) => client,
+            None => {
+                let client =
+                    db::connect(&self.setup.config.url, PG_CONNECT).map_err(Failure::Pg)?;
+                if std::mem::take(&mut self.pg_down) {
+                    log::info!("sink: PostgreSQL answers again");
+                }
+                // Goods rows may have changed while it was away.
+                self.rows.clear();
+                client
+            }
+        };
+        Ok(self.pg.insert(client))
+    }
+
+    fn redis_ok(&mut self) {
+        if std::mem::take(&mut self.redis_down) {
+            log::info!("sink: Redis answers again");
+        }
+    }
+
+    /// Learns the goods from `seckill:events`, makes the group on each
+    /// stream that exists, and writes changed goods rows.
+    fn discover(&mut self) -> Result<(), Failure> {
+        let raw = redis::cmd("HGETALL")
+            .arg(keys::EVENTS)
+            .query::<HashMap<String, Vec<u8>>>(self.redis.get().map_err(Failure::Redis)?);
+        let raw = self.redis.settle(raw).map_err(Failure::Redis)?;
+        let mut goods = Vec::new();
+        let mut rows = Vec::new();
+        for (id, json) in raw {
+            let Ok(def) = serde_json::from_slice::<EventDef>(&json) else {
+                continue; // the catalog logs bad events
+            };
+            if def.event_id != id || def.check().is_err() {
+                continue;
+            }
+            for g in &def.goods {
+                goods.push(Goods {
+                    event_id: def.event_id.clone(),
+                    goods_id: g.goods_id.clone(),
+                    key: GoodsKeys::new(&def.event_id, &g.goods_id).orders,
+                });
+                rows.push(GoodsRow {
+                    event_id: def.event_id.clone(),
+                    goods_id: g.goods_id.clone(),
+                    name: g.name.clone(),
+                    price_cents: i64::try_from(g.price_cents).unwrap_or(i64::MAX),
+                    stock: g.stock,
+                });
+            }
+        }
+        goods.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut ready = Vec::with_capacity(goods.len());
+        for g in goods {
+            match stream::ensure_group(&mut self.redis, &g.key) {
+                Ok(()) => ready.push(g),
+                // No sale made the stream yet: its group comes with the
+                // next discovery after the first sale (still at id 0).
+                Err(e) if is_no_stream(&e) => {}
+                Err(e) => return Err(Failure::Redis(e)),
+            }
+        }
+        self.redis_ok();
+        self.goods = ready;
+        for row in rows {
+            let key = (row.event_id.clone(), row.goods_id.clone());
+            if self.rows.get(&key) != Some(&row) {
+                db::upsert_goods(self.pg()?, &row).map_err(pg_failed)?;
+                self.rows.insert(key, row);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one batch of one goods and writes it; true when there was one.
+    fn drain(&mut self, goods: &Goods) -> Result<bool, Failure> {
+        let batch = self.setup.config.batch;
+        let read = match stream::read(&mut self.redis, goods, &self.setup.name, batch) {
+            Ok(read) => read,
+            Err(e) if stream::is_no_group(&e) => {
+                // Redis lost the group (flushed, restarted without data, a
+                // reset): learn again, which makes it at 0; the replay is
+                // harmless.
+                self.discovered_at = None;
+                return Ok(true);
+            }
+            Err(e) => return Err(Failure::Redis(e)),
+        };
+        self.redis_ok();
+        if read.is_empty() {
+            return Ok(false);
+        }
+        self.write(goods, &read)?;
+        stream::ack(&mut self.redis, goods, read.ids()).map_err(Failure::Redis)?;
+        Ok(true)
+    }
+
+    /// Writes what a read found; logs and counts what it skips.
+    fn write(&mut self, goods: &Goods, read: &Read) -> Result<u64, Failure> {
+        for (id, why) in &read.malformed {
+            log::warn!(
+                "sink: {} entry {id} is not an order ({why}); skipped",
+                goods.key
+            );
+        }
+        self.metrics.sink_malformed(read.malformed.len() as u64);
+        for id in &read.deleted {
+            log::warn!(
+                "sink: {} entry {id} was deleted before it was persisted (a reset or delete)",
+                goods.key
+            );
+        }
+        let written = db::write(self.pg()?, &read.orders).map_err(pg_failed)?;
+        self.metrics.sink_persisted(written.inserted);
+        self.metrics.sink_conflicts(written.conflicts);
+        Ok(written.inserted)
+    }
+
+    /// Takes over entries idle too long at other consumers.
+    fn claim_all(&mut self) -> Result<(), Failure> {
+        let (idle, batch) = (self.setup.config.claim_idle_ms, self.setup.config.batch);
+        for goods in self.goods.clone() {
+            match stream::claim(&mut self.redis, &goods, &self.setup.name, idle, batch) {
+                Ok(read) => {
+                    for id in &read.deleted {
+                        log::warn!(
+                            "sink: {} entry {id} was deleted while pending (a reset or delete)",
+                            goods.key
+                        );
+                    }
+                    // The claimed entries are now this consumer's pending
+                    // ones: the next read brings them first.
+                }
+                Err(e) if stream::is_no_group(&e) => self.discovered_at = None,
+                Err(e) => return Err(Failure::Redis(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The compensation scan (see the module doc).
+    fn reconcile(&mut self) -> Result<(), Failure> {
+        let batch = self.setup.config.batch;
+        for goods in self.goods.clone() {
+            let Some(delivered) =
+                stream::last_delivered(&mut self.redis, &goods).map_err(Failure::Redis)?
+            else {
+                continue;
+            };
+            let pending: HashSet<String> =
+                stream::pending_ids(&mut self.redis, &goods).map_err(Failure::Redis)?;
+            let stored =
+                db::order_ids(self.pg()?, &goods.event_id, &goods.goods_id).map_err(pg_failed)?;
+            let mut after = "-".to_string();
+            let mut repaired = 0;
+            loop {
+                let read = stream::range(&mut self.redis, &goods, &after, batch)
+                    .map_err(Failure::Redis)?;
+                let Some(last) = read.ids().last().map(str::to_string) else {
+                    break;
+                };
+                let missing: Vec<_> = read
+                    .orders
+                    .into_iter()
+                    .filter(|o| {
+                        stream::id_at_most(&o.order_id, &delivered)
+                            && !pending.contains(&o.order_id)
+                            && !stored.contains(&o.order_id)
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    let written = db::write(self.pg()?, &missing).map_err(pg_failed)?;
+                    repaired += written.inserted;
+                    self.metrics.sink_conflicts(written.conflicts);
+                }
+                if !stream::id_at_most(&last, &delivered) {
+                    break;
+                }
+                after = last;
+            }
+            if repaired > 0 {
+                log::warn!(
+                    "sink: the compensation scan wrote {repaired} orders of {} that PostgreSQL did not have",
+                    goods.key
+                );
+                self.metrics.sink_repaired(repaired);
+            }
+            db::recount(self.pg()?, &goods.event_id, &goods.goods_id).map_err(pg_failed)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the lag gauge: entries not yet acknowledged, every goods.
+    fn measure(&mut self) -> Result<(), Failure> {
+        let mut lag = 0;
+        for goods in self.goods.clone() {
+            match stream::unpersisted(&mut self.redis, &goods) {
+                Ok(n) => lag += n,
+                Err(e) if stream::is_no_group(&e) => self.discovered_at = None,
+                Err(e) => return Err(Failure::Redis(e)),
+            }
+        }
+        self.metrics.sink_lag(lag);
+        Ok(())
+    }
+}
+
+/// Whether a thing last done at `last` is due again after `every`.
+fn due(last: Option<Instant>, every: Duration, now: Instant) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= every)
+}
+
+/// `XGROUP CREATE` on a key that does not exist (no sale yet).
+fn is_no_stream(e: &redis::RedisError) -> bool {
+    e.detail()
+        .is_some_and(|d| d.contains("requires the key to exist"))
+}

@@ -1,0 +1,327 @@
+//! Orders leave Redis (SPEC §9): every sale reaches PostgreSQL exactly
+//! once, whatever crashes on the way. A private PostgreSQL and a private
+//! redis-server per test, the real `seckill serve` and `seckill sink`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::pg::PgServer;
+use support::{config, eventually, Client, RedisServer, Seckill, SinkProcess, FAR};
+
+use seckill::config::Config;
+
+/// A config with a sink into database `db` of `pg`.
+fn sink_config(redis: &RedisServer, pg: &PgServer, db: &str) -> Config {
+    let mut c = config(redis);
+    c.sink.url = pg.database(db);
+    c.sink.batch = 100;
+    c
+}
+
+/// One number from PostgreSQL; -1 while the sink has not made its tables.
+fn count(pg: &mut postgres::Client, sql: &str) -> i64 {
+    pg.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1)
+}
+
+fn rows(pg: &mut postgres::Client, goods: &str) -> i64 {
+    count(
+        pg,
+        &format!(
+            "SELECT count(*) FROM seckill_orders WHERE event_id = 'e1' AND goods_id = '{goods}'"
+        ),
+    )
+}
+
+fn sold(pg: &mut postgres::Client, goods: &str) -> i64 {
+    count(
+        pg,
+        &format!("SELECT coalesce(max(sold), -1) FROM seckill_goods WHERE event_id = 'e1' AND goods_id = '{goods}'"),
+    )
+}
+
+/// Writes `n` orders of e1/`goods` straight into Redis, as the deduct
+/// script does (an entry and a buyer each), uids `<prefix>0..`.
+fn backlog(redis: &RedisServer, goods: &str, prefix: &str, n: usize) {
+    let mut conn = redis.conn();
+    let key = format!("seckill:{{e1:{goods}}}");
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let uid = format!("{prefix}{i}");
+            pipe.cmd("XADD")
+                .arg(format!("{key}:orders"))
+                .arg("*")
+                .arg("uid")
+                .arg(&uid)
+                .arg("event_id")
+                .arg("e1")
+                .arg("goods_id")
+                .arg(goods)
+                .arg("ts_ms")
+                .arg(1)
+                .ignore();
+        }
+        pipe.query::<()>(&mut conn).expect("backlog");
+    }
+}
+
+/// Every order id of a stream, in PostgreSQL exactly once: the row count
+/// equals the stream length and the key forbids twins; `sold` agrees.
+fn assert_books(redis: &RedisServer, pg: &mut postgres::Client, goods: &str) {
+    let xlen = redis.xlen_orders("e1", goods);
+    assert_eq!(rows(pg, goods), xlen, "rows = XLEN for {goods}");
+    assert_eq!(sold(pg, goods), xlen, "sold = XLEN for {goods}");
+    let ids: Vec<String> = {
+        let reply: Vec<(String, Vec<(String, String)>)> = redis.cmd(&[
+            "XRANGE",
+            &format!("seckill:{{e1:{goods}}}:orders"),
+            "-",
+            "+",
+        ]);
+        reply.into_iter().map(|(id, _)| id).collect()
+    };
+    let stored: std::collections::HashSet<String> = pg
+        .query(
+            "SELECT order_id FROM seckill_orders WHERE event_id = 'e1' AND goods_id = $1",
+            &[&goods],
+        )
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in &ids {
+        assert!(
+            stored.contains(id),
+            "order {id} of {goods} is in PostgreSQL"
+        );
+    }
+}
+
+#[test]
+fn a_sale_across_three_nodes_lands_in_postgres_once() {
+    let redis = RedisServer::with_e1(&[("g1", 2000)]);
+    let pg = PgServer::start();
+    let mut c = sink_config(&redis, &pg, "three");
+    c.stock.nodes = 3;
+    c.stock.factor = 1.5;
+    let nodes: Vec<Seckill> = (0..3).map(|_| Seckill::start_ready(&c)).collect();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let users = 5000;
+    let threads: Vec<_> = (0..50)
+        .map(|t| {
+            let addrs = addrs.clone();
+            std::thread::spawn(move || {
+                let mut wins = 0;
+                for i in (t..users).step_by(50) {
+                    let r = Client::connect(addrs[i % 3]).buy(&format!("u{i}"), "e1", "g1");
+                    wins += i64::from(r.code() == 0);
+                }
+                wins
+            })
+        })
+        .collect();
+    let wins: i64 = threads.into_iter().map(|t| t.join().expect("buyer")).sum();
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 2000, "the whole stock sold");
+    assert!(wins <= 2000);
+    let mut db = pg.client("three");
+    eventually(Duration::from_secs(20), "every order in PostgreSQL", || {
+        rows(&mut db, "g1") == 2000
+    });
+    assert_books(&redis, &mut db, "g1");
+    assert_eq!(
+        count(&mut db, "SELECT count(DISTINCT uid) FROM seckill_orders"),
+        2000,
+        "nobody twice"
+    );
+    for n in &nodes {
+        n.wait_metric("seckill_sink_lag_orders 0", Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_sink_killed_mid_batch_loses_nothing_and_writes_nothing_twice() {
+    let redis = RedisServer::with_e1(&[("g1", 0)]);
+    let pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "killed");
+    backlog(&redis, "g1", "b", 20_000);
+    let mut db = pg.client("killed");
+
+    let first = SinkProcess::start(&c, "node-a");
+    eventually(Duration::from_secs(20), "a first batch committed", || {
+        count(
+            &mut db,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'seckill_orders'",
+        ) == 1
+            && rows(&mut db, "g1") > 0
+    });
+    first.kill();
+    let after_kill = rows(&mut db, "g1");
+    assert!(
+        after_kill < 20_000,
+        "killed mid-backlog ({after_kill} rows)"
+    );
+
+    // The same consumer again: its pending entries come first.
+    let again = SinkProcess::start(&c, "node-a");
+    eventually(
+        Duration::from_secs(60),
+        "the whole backlog persisted",
+        || rows(&mut db, "g1") == 20_000,
+    );
+    assert_eq!(again.terminate(), Some(0), "SIGTERM: exit 0");
+    assert_books(&redis, &mut db, "g1");
+}
+
+#[test]
+fn a_live_sink_claims_what_a_dead_one_held() {
+    let redis = RedisServer::with_e1(&[("g1", 0)]);
+    let pg = PgServer::start();
+    let mut c = sink_config(&redis, &pg, "claimed");
+    c.sink.claim_idle_ms = 300;
+    backlog(&redis, "g1", "b", 1_000);
+    // A sink that read 100 entries and died before writing them: they are
+    // pending at "node-dead", which never comes back.
+    let key = "seckill:{e1:g1}:orders";
+    let _: () = redis.cmd(&["XGROUP", "CREATE", key, "seckill-sink", "0"]);
+    let _: redis::Value = redis.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "seckill-sink",
+        "node-dead",
+        "COUNT",
+        "100",
+        "STREAMS",
+        key,
+        ">",
+    ]);
+    let _live = SinkProcess::start(&c, "node-live");
+    let mut db = pg.client("claimed");
+    eventually(
+        Duration::from_secs(30),
+        "the dead sink's entries claimed",
+        || rows(&mut db, "g1") == 1_000,
+    );
+    assert_books(&redis, &mut db, "g1");
+    let pending: Vec<redis::Value> = redis.cmd(&["XPENDING", key, "seckill-sink"]);
+    assert!(
+        matches!(pending.first(), Some(redis::Value::Int(0))),
+        "nothing left pending: {pending:?}"
+    );
+}
+
+#[test]
+fn postgres_down_mid_sale_pauses_no_sale_and_the_sink_catches_up() {
+    let redis = RedisServer::with_e1(&[("g1", 200)]);
+    let mut pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "outage");
+    let s = Seckill::start_ready(&c);
+    let mut db = pg.client("outage");
+    for i in 0..50 {
+        s.client()
+            .buy(&format!("a{i}"), "e1", "g1")
+            .assert(200, 0, "ok", "close");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the first orders persisted",
+        || rows(&mut db, "g1") == 50,
+    );
+    drop(db);
+    pg.stop();
+    // Sales go on without PostgreSQL.
+    for i in 0..100 {
+        s.client()
+            .buy(&format!("b{i}"), "e1", "g1")
+            .assert(200, 0, "ok", "close");
+    }
+    s.wait_metric("seckill_sink_lag_orders 100", Duration::from_secs(5));
+    assert!(s.metric("seckill_sink_retries_total") >= 1.0);
+    std::thread::sleep(Duration::from_secs(2)); // down "for several seconds"
+    pg.restart();
+    let mut db = pg.client("outage");
+    eventually(Duration::from_secs(20), "the sink caught up", || {
+        rows(&mut db, "g1") == 150
+    });
+    s.wait_metric("seckill_sink_lag_orders 0", Duration::from_secs(5));
+    assert_books(&redis, &mut db, "g1");
+    assert_eq!(s.metric("seckill_sink_persisted_total"), 150.0);
+}
+
+#[test]
+fn malformed_and_conflicting_entries_are_kept_apart_and_block_nothing() {
+    let redis = RedisServer::with_e1(&[("g1", 0)]);
+    let pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "bad");
+    let key = "seckill:{e1:g1}:orders";
+    backlog(&redis, "g1", "x", 3);
+    // By hand: no ts_ms; then u-x0 again under another id.
+    let _: String = redis.cmd(&[
+        "XADD", key, "*", "uid", "h", "event_id", "e1", "goods_id", "g1",
+    ]);
+    let _: String = redis.cmd(&[
+        "XADD", key, "*", "uid", "x0", "event_id", "e1", "goods_id", "g1", "ts_ms", "2",
+    ]);
+    backlog(&redis, "g1", "y", 3);
+    let s = Seckill::start_ready(&c);
+    let mut db = pg.client("bad");
+    eventually(Duration::from_secs(10), "the good orders persisted", || {
+        rows(&mut db, "g1") == 6
+    });
+    s.wait_metric("seckill_sink_malformed_total 1", Duration::from_secs(5));
+    s.wait_metric("seckill_sink_conflicts_total 1", Duration::from_secs(5));
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM seckill_order_conflicts WHERE uid = 'x0'"
+        ),
+        1
+    );
+    s.wait_metric("seckill_sink_lag_orders 0", Duration::from_secs(5));
+}
+
+#[test]
+fn a_flushed_redis_replays_harmlessly_and_the_scan_repairs_lost_rows() {
+    let redis = RedisServer::with_e1(&[("g1", 0)]);
+    let pg = PgServer::start();
+    let mut c = sink_config(&redis, &pg, "replay");
+    c.sink.reconcile_s = 1;
+    backlog(&redis, "g1", "r", 300);
+    let s = Seckill::start_ready(&c);
+    let mut db = pg.client("replay");
+    eventually(Duration::from_secs(10), "persisted", || {
+        rows(&mut db, "g1") == 300
+    });
+
+    // Rows deleted behind the sink's back come back within one scan.
+    db.batch_execute("DELETE FROM seckill_orders WHERE uid IN ('r1', 'r2', 'r3')")
+        .expect("delete");
+    eventually(Duration::from_secs(5), "the scan repaired them", || {
+        rows(&mut db, "g1") == 300
+    });
+    s.wait_metric("seckill_sink_repaired_total 3", Duration::from_secs(5));
+    eventually(Duration::from_secs(5), "sold recounted", || {
+        sold(&mut db, "g1") == 300
+    });
+
+    // Redis loses everything (the group too) and the same orders come back.
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        redis.cmd(&["XRANGE", "seckill:{e1:g1}:orders", "-", "+"]);
+    let _: () = redis.cmd(&["FLUSHALL"]);
+    redis.seed("e1", &[("g1", 0)], 0, FAR);
+    for (id, fields) in &entries {
+        let mut args = vec!["XADD", "seckill:{e1:g1}:orders", id.as_str()];
+        for (k, v) in fields {
+            args.push(k);
+            args.push(v);
+        }
+        let _: String = redis.cmd(&args);
+    }
+    // One new order after the flush.
+    backlog(&redis, "g1", "new", 1);
+    eventually(Duration::from_secs(10), "the new order persisted", || {
+        rows(&mut db, "g1") == 301
+    });
+    s.wait_metric("seckill_sink_lag_orders 0", Duration::from_secs(5));
+    assert_books(&redis, &mut db, "g1");
+}
