@@ -68,6 +68,8 @@ struct Inner {
     unresolved: AtomicU64,
     catalog_skipped: AtomicI64,
     lookups_waiting: AtomicI64,
+    // -1 until read, then 1 or 0.
+    redis_keeps_data: AtomicI64,
     sink: SinkCounters,
 }
 
@@ -100,6 +102,7 @@ impl Default for Metrics {
             unresolved: AtomicU64::new(0),
             catalog_skipped: AtomicI64::new(0),
             lookups_waiting: AtomicI64::new(0),
+            redis_keeps_data: AtomicI64::new(-1),
             sink: SinkCounters::default(),
         }))
     }
@@ -169,6 +172,13 @@ impl Metrics {
     /// answered by it (-1).
     pub(crate) fn lookups_waiting(&self, delta: i64) {
         self.0.lookups_waiting.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Whether Redis keeps its data on disk, once read.
+    pub(crate) fn redis_keeps_data(&self, keeps: bool) {
+        self.0
+            .redis_keeps_data
+            .store(i64::from(keeps), Ordering::Relaxed);
     }
 
     /// A sink runs in this process: its numbers are shown.
@@ -323,6 +333,16 @@ impl Metrics {
             "1 while the Redis circuit breaker is open.",
             u8::from(breaker_open),
         );
+        let keeps = m.redis_keeps_data.load(Ordering::Relaxed);
+        if keeps >= 0 {
+            scalar(
+                &mut s,
+                "seckill_redis_keeps_data",
+                "gauge",
+                "1 when Redis has AOF or RDB saves on, else 0 (a crash then loses the sales not yet in PostgreSQL).",
+                keeps,
+            );
+        }
         let k = &m.sink;
         if k.on.load(Ordering::Relaxed) {
             for (name, kind, help, value) in [

@@ -730,3 +730,15 @@ fn pipelined_bytes_behind_a_buy_never_cost_its_answer() {
     );
     assert_eq!(redis.hlen_buyers("e1", "g1"), 1);
 }
+
+#[test]
+fn metrics_say_whether_redis_keeps_its_data() {
+    let redis = RedisServer::with_e1(&[("g1", 1)]);
+    // The test Redis runs with --save "" --appendonly no.
+    let s = Seckill::start_ready(&config(&redis));
+    s.wait_metric("seckill_redis_keeps_data 0", Duration::from_secs(5));
+    drop(s);
+    let _: () = redis.cmd(&["CONFIG", "SET", "appendonly", "yes"]);
+    let s = Seckill::start_ready(&config(&redis));
+    s.wait_metric("seckill_redis_keeps_data 1", Duration::from_secs(5));
+}

@@ -26,7 +26,7 @@ use crate::catalog::event::{stock_number, EventDef};
 use crate::catalog::snapshot::{Catalog, Snapshot};
 use crate::metrics::Metrics;
 use crate::stock::Stock;
-use crate::store::conn::{connect, LazyConn};
+use crate::store::conn::{connect, keeps_data, LazyConn};
 use crate::store::keys::{self, GoodsKeys};
 
 /// How often the catalog is re-read even without a pub/sub message.
@@ -107,6 +107,8 @@ pub(crate) struct Refresher {
     metrics: Metrics,
     // The keys the last good read skipped, each with why (logged once).
     bad: BTreeMap<String, String>,
+    // Whether Redis' persistence settings were read (once per process).
+    persistence_known: bool,
 }
 
 impl Refresher {
@@ -124,6 +126,7 @@ impl Refresher {
             stock,
             metrics,
             bad: BTreeMap::new(),
+            persistence_known: false,
         })
     }
 
@@ -135,6 +138,7 @@ impl Refresher {
                 self.catalog.replace(snap);
                 self.catalog.set_ready(true);
                 self.note_bad(bad);
+                self.check_persistence();
                 true
             }
             // Redis answers, but `seckill:events` itself is unreadable (a
@@ -154,6 +158,32 @@ impl Refresher {
                 log::debug!("catalog read failed: {e}");
                 self.catalog.set_ready(false);
                 false
+            }
+        }
+    }
+
+    /// The first time Redis answers: reads whether it keeps data on disk
+    /// (SPEC §3), warns once when it does not, and sets
+    /// `seckill_redis_keeps_data`. (This thread reads Redis in the
+    /// background anyway, so the check costs the loops nothing.)
+    fn check_persistence(&mut self) {
+        if self.persistence_known {
+            return;
+        }
+        match keeps_data(&mut self.conn) {
+            Ok(keeps) => {
+                self.persistence_known = true;
+                self.metrics.redis_keeps_data(keeps);
+                if !keeps {
+                    log::warn!(
+                        "redis keeps nothing on disk (appendonly no, no save rules): a Redis crash loses every sale not yet in PostgreSQL; turn on appendonly"
+                    );
+                }
+            }
+            Err(e) => {
+                // CONFIG renamed or refused (managed Redis): cannot tell.
+                self.persistence_known = true;
+                log::info!("cannot read redis persistence settings ({e}); not checked");
             }
         }
     }
