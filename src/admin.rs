@@ -2,8 +2,13 @@
 //!
 //! `POST /admin/events` creates or replaces an event; `GET /admin/events/E`
 //! shows it with `stock_left` and `sold`; `DELETE /admin/events/E` removes it
-//! and its keys. Every request needs `Authorization: Bearer <admin.key>`,
-//! compared in constant time; an empty key refuses everything (4001).
+//! and its keys. With a sink configured the orders stay in PostgreSQL, the
+//! system of record: `DELETE` first waits up to 5 s for the sink to
+//! persist every order of the event (no entry left unacknowledged by its
+//! group), and answers 4009 with nothing deleted when some are not
+//! (`?force=true` deletes anyway and logs how many were not). Every
+//! request needs `Authorization: Bearer <admin.key>`, compared in constant
+//! time; an empty key refuses everything (4001).
 //!
 //! This service runs on its own event loop thread, so it may wait on Redis
 //! (each call bounded by `redis.timeout_ms`) without stalling a public client.
@@ -28,8 +33,9 @@ use crate::auth::AuthError;
 use crate::catalog::event::{EventDef, GoodsDef};
 use crate::clock::Clock;
 use crate::codes::Code;
-use crate::http::parse::Request;
+use crate::http::parse::{query_param, Request};
 use crate::metrics::{Metrics, RouteLabel};
+use crate::orders::stream::{self, Goods, Unpersisted};
 use crate::route::{self, Route, RouteError};
 use crate::service::{Answer, Now, Reply, Service};
 use crate::store::conn::LazyConn;
@@ -42,6 +48,8 @@ pub(crate) struct Admin {
     conn: LazyConn,
     clock: std::sync::Arc<dyn Clock>,
     metrics: Metrics,
+    // A sink is configured: orders outlive a `DELETE` in PostgreSQL.
+    sink: bool,
 }
 
 #[derive(Deserialize)]
@@ -63,9 +71,14 @@ enum Fail {
     Key(AuthError),
     /// A definition or an id that is not acceptable.
     Body(BadAttempt),
+    /// Some of the event's orders are not in PostgreSQL yet (`DELETE`).
+    Unpersisted(Unpersisted),
     /// Redis failed.
     Redis(redis::RedisError),
 }
+
+/// How long `DELETE` waits for the sink to persist the event's orders.
+const DELETE_WAIT: Duration = Duration::from_secs(5);
 
 /// An event that is not stored.
 const NO_EVENT: Fail = Fail::Route(RouteError::NotFound);
@@ -77,6 +90,7 @@ impl Fail {
             Fail::Route(e) => Code::from(*e),
             Fail::Key(e) => Code::from(*e),
             Fail::Body(e) => Code::from(*e),
+            Fail::Unpersisted(n) => Code::from(n),
             Fail::Redis(e) => Code::from(e),
         }
     }
@@ -98,12 +112,14 @@ impl Admin {
         timeout: Duration,
         clock: std::sync::Arc<dyn Clock>,
         metrics: Metrics,
+        sink: bool,
     ) -> Result<Self, String> {
         Ok(Admin {
             key,
             conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
             clock,
             metrics,
+            sink,
         })
     }
 
@@ -224,8 +240,41 @@ impl Admin {
         Ok(Some(data.to_string()))
     }
 
-    fn delete(&mut self, event_id: &str) -> AdminResult {
+    /// Orders of `def` not yet acknowledged by the sink's group.
+    fn unpersisted(&mut self, def: &EventDef) -> Result<u64, Fail> {
+        let mut n = 0;
+        for g in &def.goods {
+            let goods = Goods {
+                event_id: def.event_id.clone(),
+                goods_id: g.goods_id.clone(),
+                key: GoodsKeys::new(&def.event_id, &g.goods_id).orders,
+            };
+            n += stream::unpersisted(&mut self.conn, &goods)?;
+        }
+        Ok(n)
+    }
+
+    /// With a sink, the orders stay in PostgreSQL: wait up to
+    /// `DELETE_WAIT` for the sink to persist them all, else refuse (4009),
+    /// unless `force`.
+    fn delete(&mut self, event_id: &str, force: bool) -> AdminResult {
         let def = self.stored(event_id)?.ok_or(NO_EVENT)?;
+        if self.sink {
+            let until = std::time::Instant::now() + DELETE_WAIT;
+            let mut left = self.unpersisted(&def)?;
+            while left > 0 && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100));
+                left = self.unpersisted(&def)?;
+            }
+            if left > 0 && !force {
+                return Err(Fail::Unpersisted(Unpersisted(left)));
+            }
+            if left > 0 {
+                log::warn!(
+                    "admin: event {event_id} deleted with force: {left} orders were not persisted"
+                );
+            }
+        }
         let conn = self.redis()?;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -257,7 +306,10 @@ impl Admin {
         match route {
             Route::AdminPut => self.put(req.body),
             Route::AdminGet(id) if valid_id(id.as_bytes()) => self.get(id),
-            Route::AdminDelete(id) if valid_id(id.as_bytes()) => self.delete(id),
+            Route::AdminDelete(id) if valid_id(id.as_bytes()) => {
+                let force = query_param(req.query, "force") == Some("true");
+                self.delete(id, force)
+            }
             _ => Err(Fail::Body(BadAttempt)),
         }
     }

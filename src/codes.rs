@@ -9,6 +9,7 @@
 use crate::attempt::BadAttempt;
 use crate::auth::AuthError;
 use crate::http::parse::HttpError;
+use crate::orders::stream::Unpersisted;
 use crate::route::RouteError;
 use crate::stock::NoLease;
 use crate::store::deduct::{DeductError, DeductOutcome, Resolved};
@@ -50,12 +51,15 @@ pub enum Code {
     HeaderTooLarge,
     /// 503 with code 1002: `/readyz` while Redis does not answer.
     NotReady,
+    /// 4009 / 409: `DELETE` of an event whose orders are not all in
+    /// PostgreSQL yet.
+    NotPersisted,
 }
 
 impl Code {
     /// Every code, for tables and tests. INVARIANT: in declaration order,
     /// so `code as usize` is a code's place here (a test checks).
-    pub(crate) const ALL: [Code; 17] = [
+    pub(crate) const ALL: [Code; 18] = [
         Code::Ok,
         Code::NoStock,
         Code::RedisError,
@@ -73,6 +77,7 @@ impl Code {
         Code::PayloadTooLarge,
         Code::HeaderTooLarge,
         Code::NotReady,
+        Code::NotPersisted,
     ];
 
     /// The `code` field of the JSON body.
@@ -94,6 +99,7 @@ impl Code {
             Code::ReadTimeout => 4008,
             Code::PayloadTooLarge => 4013,
             Code::HeaderTooLarge => 4031,
+            Code::NotPersisted => 4009,
         }
     }
 
@@ -114,6 +120,7 @@ impl Code {
             Code::ReadTimeout => (408, "Request Timeout"),
             Code::PayloadTooLarge => (413, "Payload Too Large"),
             Code::HeaderTooLarge => (431, "Request Header Fields Too Large"),
+            Code::NotPersisted => (409, "Conflict"),
         }
     }
 
@@ -136,6 +143,7 @@ impl Code {
             Code::ReadTimeout => "request timeout",
             Code::PayloadTooLarge => "payload too large",
             Code::HeaderTooLarge => "request header fields too large",
+            Code::NotPersisted => "orders not persisted",
         }
     }
 
@@ -232,6 +240,13 @@ impl From<&Resolved> for Code {
     }
 }
 
+/// Beside the path: an event's orders are not all in PostgreSQL yet.
+impl From<&Unpersisted> for Code {
+    fn from(_: &Unpersisted) -> Code {
+        Code::NotPersisted
+    }
+}
+
 /// Beside the path: a Redis call failed (the admin listener's; the sale's
 /// own failures are `DeductError`s).
 impl From<&redis::RedisError> for Code {
@@ -246,7 +261,7 @@ mod tests {
 
     #[test]
     fn every_code_matches_the_spec_table() {
-        let table: [(Code, u16, u16, &str); 17] = [
+        let table: [(Code, u16, u16, &str); 18] = [
             (Code::Ok, 0, 200, "ok"),
             (Code::NoStock, 1001, 200, "no stock"),
             (Code::RedisError, 1002, 503, "redis error"),
@@ -269,6 +284,7 @@ mod tests {
                 "request header fields too large",
             ),
             (Code::NotReady, 1002, 503, "redis error"),
+            (Code::NotPersisted, 4009, 409, "orders not persisted"),
         ];
         for (code, number, status, msg) in table {
             assert_eq!(code.number(), number, "{code:?}");

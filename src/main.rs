@@ -63,6 +63,25 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The books of an event side by side (stock, sold, buyers, orders,
+    /// unpersisted, rows) and whether they balance: exit 0 when they do, 1
+    /// when they do not (saying what differs), 2 when they cannot be read.
+    Check {
+        /// Event id.
+        #[arg(long)]
+        event: String,
+        /// Only this goods.
+        #[arg(long)]
+        goods: Option<String>,
+        /// Seconds to give the sink to persist what is pending first.
+        #[arg(long, default_value_t = 0.0)]
+        wait: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Load generator: distinct users buying one goods; prints req/s,
     /// latency percentiles, codes, and whether wins stayed within the stock.
     Bench(BenchArgs),
@@ -119,7 +138,18 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::Check {
+        event,
+        goods,
+        wait,
+        json,
+        config,
+    } = &cli.command
+    {
+        return check(event, goods.as_deref(), *wait, *json, config);
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("seckill: {e}");
@@ -135,6 +165,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let config = Config::load(&config.config).map_err(|e| e.to_string())?;
             seckill::serve::run(config, clock)
         }
+        // Handled in `main`: it has exit codes of its own.
+        Command::Check { .. } => Ok(()),
         Command::Sink { name, config } => {
             let config = Config::load(&config.config).map_err(|e| e.to_string())?;
             if config.sink.url.is_empty() {
@@ -204,6 +236,40 @@ fn run(cli: Cli) -> Result<(), String> {
                 secret,
                 json: a.json,
             })
+        }
+    }
+}
+
+/// `seckill check`: 0 balanced, 1 not, 2 unreadable (SPEC §8).
+fn check(event: &str, goods: Option<&str>, wait: f64, json: bool, config: &ConfigArg) -> ExitCode {
+    let books = Config::load(&config.config)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            let wait = if wait.is_finite() && wait > 0.0 {
+                std::time::Duration::from_secs_f64(wait.min(3600.0))
+            } else {
+                std::time::Duration::ZERO
+            };
+            seckill::orders::check::check(&c, event, goods, wait)
+        });
+    match books {
+        Ok(books) => {
+            if json {
+                let ok = books.balance();
+                let v = serde_json::json!({"books": books, "balance": ok});
+                println!("{v}");
+            } else {
+                print!("{}", books.table());
+            }
+            if books.balance() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("seckill check: {e}");
+            ExitCode::from(2)
         }
     }
 }

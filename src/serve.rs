@@ -275,6 +275,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
         redis_timeout,
         clock.clone(),
         metrics.clone(),
+        !config.sink.url.is_empty(),
     )?;
     let admin_loop = EventLoop::new(
         admin_listener,

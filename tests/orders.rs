@@ -11,6 +11,24 @@ use support::{config, eventually, Client, RedisServer, Seckill, SinkProcess, FAR
 
 use seckill::config::Config;
 
+/// Runs `seckill check --event e1 ARGS` with `config`: exit code, stdout.
+fn check(config: &Config, args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml::to_string(config).expect("toml")).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seckill"))
+        .args(["check", "--event", "e1", "--config"])
+        .arg(&path)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("seckill check runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// A config with a sink into database `db` of `pg`.
 fn sink_config(redis: &RedisServer, pg: &PgServer, db: &str) -> Config {
     let mut c = config(redis);
@@ -137,6 +155,9 @@ fn a_sale_across_three_nodes_lands_in_postgres_once() {
     for n in &nodes {
         n.wait_metric("seckill_sink_lag_orders 0", Duration::from_secs(5));
     }
+    let (code, out) = check(&c, &["--wait", "10"]);
+    assert_eq!(code, 0, "seckill check: {out}");
+    assert!(out.contains("the books balance"), "{out}");
 }
 
 #[test]
@@ -324,4 +345,112 @@ fn a_flushed_redis_replays_harmlessly_and_the_scan_repairs_lost_rows() {
     });
     s.wait_metric("seckill_sink_lag_orders 0", Duration::from_secs(5));
     assert_books(&redis, &mut db, "g1");
+}
+
+fn admin_delete(s: &Seckill, path: &str) -> support::Response {
+    let auth = format!("Bearer {}", support::ADMIN_KEY);
+    s.admin_client().request("DELETE", path, Some(&auth), None)
+}
+
+#[test]
+fn delete_keeps_persisted_orders_and_refuses_while_some_are_not() {
+    let redis = RedisServer::with_e1(&[("g1", 10)]);
+    let mut pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "deleting");
+    let s = Seckill::start_ready(&c);
+    let mut db = pg.client("deleting");
+    s.client()
+        .buy("a", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    eventually(Duration::from_secs(10), "persisted", || {
+        rows(&mut db, "g1") == 1
+    });
+    drop(db);
+
+    // PostgreSQL away: a new order cannot be persisted, so no delete.
+    pg.stop();
+    s.client()
+        .buy("b", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    let r = admin_delete(&s, "/admin/events/e1");
+    r.assert(409, 4009, "orders not persisted", "keep-alive");
+    assert_eq!(redis.xlen_orders("e1", "g1"), 2, "nothing deleted");
+    let events: std::collections::HashMap<String, String> =
+        redis.cmd(&["HGETALL", "seckill:events"]);
+    assert!(events.contains_key("e1"));
+
+    // Back, the sink persists it, and the delete goes through: the orders
+    // stay in PostgreSQL.
+    pg.restart();
+    let mut db = pg.client("deleting");
+    // (The sink's backoff may be seconds long after the outage: wait for
+    // it here, not inside the delete's own 5 s.)
+    eventually(
+        Duration::from_secs(20),
+        "persisted after the outage",
+        || rows(&mut db, "g1") == 2,
+    );
+    admin_delete(&s, "/admin/events/e1").assert(200, 0, "ok", "keep-alive");
+    assert_eq!(redis.xlen_orders("e1", "g1"), 0);
+    assert_eq!(
+        rows(&mut db, "g1"),
+        2,
+        "orders outlive the event in PostgreSQL"
+    );
+}
+
+#[test]
+fn delete_with_force_goes_through_unpersisted_orders() {
+    let redis = RedisServer::with_e1(&[("g1", 10)]);
+    let mut pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "forced");
+    let s = Seckill::start_ready(&c);
+    pg.stop();
+    s.client()
+        .buy("a", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    admin_delete(&s, "/admin/events/e1?force=true").assert(200, 0, "ok", "keep-alive");
+    assert_eq!(redis.xlen_orders("e1", "g1"), 0, "deleted");
+}
+
+#[test]
+fn check_names_what_does_not_balance() {
+    let redis = RedisServer::with_e1(&[("g1", 10)]);
+    let pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "books");
+    let s = Seckill::start_ready(&c);
+    for uid in ["a", "b", "c"] {
+        s.client()
+            .buy(uid, "e1", "g1")
+            .assert(200, 0, "ok", "close");
+    }
+    let (code, out) = check(&c, &["--wait", "10"]);
+    assert_eq!(code, 0, "balanced: {out}");
+    let (code, out) = check(&c, &["--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(v["books"]["goods"][0]["rows"], 3);
+    assert_eq!(v["balance"], true);
+
+    // A buyer without an order.
+    let _: i64 = redis.cmd(&["HSET", "seckill:{e1:g1}:buyers", "ghost", "1-1"]);
+    let (code, out) = check(&c, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("buyer ghost"), "{out}");
+    let _: i64 = redis.cmd(&["HDEL", "seckill:{e1:g1}:buyers", "ghost"]);
+
+    // A row missing from PostgreSQL (the sink stopped first, so nothing
+    // repairs it behind the check's back).
+    drop(s);
+    let mut db = pg.client("books");
+    db.batch_execute("DELETE FROM seckill_orders WHERE uid = 'b'")
+        .expect("delete");
+    let (code, out) = check(&c, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is not in PostgreSQL"), "{out}");
+
+    // Redis down: the books cannot be read.
+    drop(redis);
+    let (code, out) = check(&c, &[]);
+    assert_eq!(code, 2, "{out}");
 }

@@ -7,7 +7,10 @@
 //! - [`db`]: the PostgreSQL side: the schema, and a batch in one
 //!   idempotent transaction.
 //! - [`sink`]: the thread that joins the two, with the compensation scan.
+//! - [`check`]: `seckill check`, the books side by side and whether they
+//!   balance.
 
+pub mod check;
 pub mod db;
 pub mod sink;
 pub mod stream;

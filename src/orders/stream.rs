@@ -61,6 +61,11 @@ impl Read {
     }
 }
 
+/// Orders in Redis not yet acknowledged by the sink's group, so not
+/// known to be in PostgreSQL (why an admin `DELETE` waits or refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unpersisted(pub(crate) u64);
+
 /// One goods' stream, as the sink sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Goods {
@@ -224,12 +229,17 @@ pub(crate) fn range(
 
 /// How many entries of the stream are not yet acknowledged by the group:
 /// pending (delivered, not acknowledged) plus lag (never delivered).
+/// No group yet (no sink ran since the first sale): every entry counts.
 pub(crate) fn unpersisted(conn: &mut LazyConn, goods: &Goods) -> redis::RedisResult<u64> {
     let reply = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(&goods.key)
         .query::<Value>(conn.get()?);
-    let reply = conn.settle(reply)?;
+    let reply = match conn.settle(reply) {
+        // No stream: no orders.
+        Err(e) if e.detail().is_some_and(|d| d.contains("no such key")) => return Ok(0),
+        other => other?,
+    };
     let Value::Array(groups) = reply else {
         return Err(bad_reply("XINFO"));
     };
@@ -258,7 +268,8 @@ pub(crate) fn unpersisted(conn: &mut LazyConn, goods: &Goods) -> redis::RedisRes
         };
         return Ok((pending + lag).max(0) as u64);
     }
-    Ok(0)
+    let len = redis::cmd("XLEN").arg(&goods.key).query::<u64>(conn.get()?);
+    conn.settle(len)
 }
 
 fn after_last_delivered(

@@ -287,6 +287,24 @@ impl LazyConn {
     }
 }
 
+/// Whether Redis keeps its data on disk (SPEC §3): AOF on, or RDB saves
+/// configured. Redis is the ledger of the sale; with neither, a crash
+/// loses every sale the sink has not carried to PostgreSQL yet.
+pub(crate) fn keeps_data(conn: &mut LazyConn) -> RedisResult<bool> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("save");
+    let replies = pipe.query::<(Vec<String>, Vec<String>)>(conn.get()?);
+    let (aof, save) = conn.settle(replies)?;
+    let aof_on = aof.get(1).is_some_and(|v| v == "yes");
+    let saves = save.get(1).is_some_and(|v| !v.trim().is_empty());
+    Ok(aof_on || saves)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,22 +322,4 @@ mod tests {
         assert_eq!(ClientId::parse("addr=1.2.3.4:5"), None);
         assert_eq!(ClientId::parse("id=x addr=1.2.3.4:5"), None);
     }
-}
-
-/// Whether Redis keeps its data on disk (SPEC §3): AOF on, or RDB saves
-/// configured. Redis is the ledger of the sale; with neither, a crash
-/// loses every sale the sink has not carried to PostgreSQL yet.
-pub(crate) fn keeps_data(conn: &mut LazyConn) -> RedisResult<bool> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("CONFIG")
-        .arg("GET")
-        .arg("appendonly")
-        .cmd("CONFIG")
-        .arg("GET")
-        .arg("save");
-    let replies = pipe.query::<(Vec<String>, Vec<String>)>(conn.get()?);
-    let (aof, save) = conn.settle(replies)?;
-    let aof_on = aof.get(1).is_some_and(|v| v == "yes");
-    let saves = save.get(1).is_some_and(|v| !v.trim().is_empty());
-    Ok(aof_on || saves)
 }

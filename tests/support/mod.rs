@@ -340,8 +340,20 @@ impl Seckill {
     }
 
     /// The `/metrics` text.
+    /// The `/metrics` text. A test near `max_connections` may find its
+    /// connection closed unanswered while the server has not yet seen the
+    /// previous scrape's close (its slot is still held): that is retried.
     pub fn metrics(&self) -> String {
-        String::from_utf8_lossy(&self.client().get("/metrics", None).body).into_owned()
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let mut c = self.client();
+            c.send(&raw("GET", "/metrics", None, None, ""));
+            if let Some(r) = c.try_read() {
+                return String::from_utf8_lossy(&r.body).into_owned();
+            }
+            assert!(Instant::now() < deadline, "/metrics never answered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The value of metric `name` (full name, labels included); 0 if absent.
