@@ -41,6 +41,7 @@ use crate::service::{Answer, Now, Reply, Service};
 use crate::store::conn::LazyConn;
 use crate::store::keys::valid_id;
 use crate::store::keys::{self, GoodsKeys};
+use crate::store::RESET_SCRIPT;
 
 /// The admin listener's service.
 pub(crate) struct Admin {
@@ -173,27 +174,35 @@ impl Admin {
         let conn = self.redis()?;
         for g in &mut def.goods {
             let k = GoodsKeys::new(&def.event_id, &g.goods_id);
-            let set = if reset {
-                redis::pipe()
-                    .atomic()
-                    .del(&k.buyers)
-                    .del(&k.orders)
-                    .set(&k.stock, g.stock)
-                    .query::<()>(conn)?;
-                true
-            } else {
-                let r: Option<String> = redis::cmd("SET")
+            let old = old_goods.iter().find(|o| o.goods_id == g.goods_id);
+            if reset {
+                // One script: the old sale's keys go, the new stream starts
+                // above the returned epoch (see reset.lua), so the sink can
+                // tell the two sales' orders apart.
+                let epoch: u64 = redis::cmd("EVAL")
+                    .arg(RESET_SCRIPT)
+                    .arg(3)
                     .arg(&k.stock)
+                    .arg(&k.buyers)
+                    .arg(&k.orders)
                     .arg(g.stock)
-                    .arg("NX")
+                    .arg(now_ms)
                     .query(conn)?;
-                r.is_some()
-            };
-            g.epoch = if set {
+                g.epoch = epoch;
+                g.orders_after = epoch;
+                continue;
+            }
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&k.stock)
+                .arg(g.stock)
+                .arg("NX")
+                .query(conn)?;
+            g.epoch = if set.is_some() {
                 now_ms
             } else {
                 old_epochs.get(g.goods_id.as_str()).copied().unwrap_or(0)
             };
+            g.orders_after = old.map_or(0, |o| o.orders_after);
         }
         let json = serde_json::to_string(&def).map_err(|_| Fail::Body(BadAttempt))?;
         // The new definition and the dropped goods' keys change together.

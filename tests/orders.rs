@@ -454,3 +454,50 @@ fn check_names_what_does_not_balance() {
     let (code, out) = check(&c, &[]);
     assert_eq!(code, 2, "{out}");
 }
+
+#[test]
+fn a_reset_mid_backlog_leaves_no_order_from_before_it_and_loses_none_after() {
+    let redis = RedisServer::with_e1(&[("g1", 0)]);
+    let pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "reset");
+    backlog(&redis, "g1", "old", 5_000);
+    let s = Seckill::start_ready(&c);
+    let mut db = pg.client("reset");
+    eventually(
+        Duration::from_secs(20),
+        "the sink is writing the old sale",
+        || rows(&mut db, "g1") > 0,
+    );
+    let auth = format!("Bearer {}", support::ADMIN_KEY);
+    let body = format!(
+        r#"{{"event_id":"e1","name":"again","start_at":0,"end_at":{FAR},"reset":true,"goods":[{{"goods_id":"g1","stock":50}}]}}"#
+    );
+    s.admin_client()
+        .request("POST", "/admin/events", Some(&auth), Some(&body))
+        .assert(200, 0, "ok", "keep-alive");
+    s.wait_for_event("e1", Duration::from_secs(3));
+    let old_rows = "SELECT count(*) FROM seckill_orders WHERE uid LIKE 'old%'";
+    eventually(
+        Duration::from_secs(10),
+        "the new sale open on this node",
+        || s.client().buy("new0", "e1", "g1").code() == 0,
+    );
+    for i in 1..20 {
+        s.client()
+            .buy(&format!("new{i}"), "e1", "g1")
+            .assert(200, 0, "ok", "close");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the new sale persisted, the old gone",
+        || rows(&mut db, "g1") == 20 && count(&mut db, old_rows) == 0,
+    );
+    // And it stays so: no old batch still in hand lands later.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count(&mut db, old_rows),
+        0,
+        "no order from before the reset"
+    );
+    assert_books(&redis, &mut db, "g1");
+}

@@ -53,6 +53,13 @@ pub(crate) struct GoodsDef {
     /// admin `reset`); 0 for events written by other tools.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) epoch: u64,
+    /// Set by an admin reset (unix ms): every order of the current sale
+    /// has a stream id above `<orders_after>-0`, every order of the sale
+    /// before the reset one below it. The sink keeps no order below it, so
+    /// no pre-reset order reaches PostgreSQL after the reset. 0: never
+    /// reset.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) orders_after: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

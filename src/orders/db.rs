@@ -12,6 +12,7 @@
 //! conflicting order is never dropped silently.
 //! Never: talks to Redis.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use postgres::{Client, Config, NoTls, Transaction};
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS seckill_goods (
     price_cents bigint NOT NULL DEFAULT 0,
     stock bigint NOT NULL DEFAULT 0,
     sold bigint NOT NULL DEFAULT 0,
+    orders_after bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (event_id, goods_id)
 );
 CREATE TABLE IF NOT EXISTS seckill_order_conflicts (
@@ -87,6 +89,8 @@ pub(crate) struct GoodsRow {
     pub(crate) price_cents: i64,
     /// Stock, with top-ups.
     pub(crate) stock: i64,
+    /// The last reset's line (see `GoodsDef::orders_after`), 0 if none.
+    pub(crate) orders_after: i64,
 }
 
 /// Connects to `url` with `timeout` to connect, and makes sure the schema
@@ -129,8 +133,58 @@ pub(crate) fn write(client: &mut Client, orders: &[Order]) -> Result<Written, po
     Ok(written)
 }
 
+/// The millisecond part of a stream id.
+fn id_ms(order_id: &str) -> u64 {
+    order_id
+        .split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
+}
+
 fn write_in(tx: &mut Transaction<'_>, orders: &[Order]) -> Result<Written, postgres::Error> {
-    let cols = Columns::of(orders);
+    // A reset's line: orders of the sale before it are never written once
+    // the reset is known here. The goods row is locked first (FOR UPDATE:
+    // the batch raises its `sold` below anyway, and two sinks holding a
+    // shared lock while each waits to update would deadlock), so a reset
+    // (`upsert_goods`, same lock) waits for this batch and then deletes
+    // what it wrote below the line, or runs first and this batch sees the
+    // new line.
+    let mut floors: HashMap<(&str, &str), u64> = HashMap::new();
+    for o in orders {
+        let key = (o.event_id.as_str(), o.goods_id.as_str());
+        if floors.contains_key(&key) {
+            continue;
+        }
+        let floor: Option<i64> = tx
+            .query_opt(
+                "SELECT orders_after FROM seckill_goods WHERE event_id = $1 AND goods_id = $2 FOR UPDATE",
+                &[&key.0, &key.1],
+            )?
+            .map(|r| r.get(0));
+        floors.insert(key, floor.unwrap_or(0).max(0) as u64);
+    }
+    let kept: Vec<Order> = orders
+        .iter()
+        .filter(|o| {
+            let floor = floors
+                .get(&(o.event_id.as_str(), o.goods_id.as_str()))
+                .copied()
+                .unwrap_or(0);
+            id_ms(&o.order_id) >= floor
+        })
+        .cloned()
+        .collect();
+    if kept.len() < orders.len() {
+        log::info!(
+            "sink: {} orders of a sale since reset not written",
+            orders.len() - kept.len()
+        );
+    }
+    if kept.is_empty() {
+        return Ok(Written::default());
+    }
+    let cols = Columns::of(&kept);
     let params = cols.params();
     // ON CONFLICT with no target: a replayed order (same key) and a second
     // order of one uid (the unique uid) are both skipped here; the second
@@ -192,16 +246,51 @@ pub(crate) fn explain(e: &postgres::Error) -> String {
 }
 
 /// Creates or updates a goods' row from its definition (its `sold` is
-/// left as the sink counted it).
+/// left as the sink counted it). When the definition carries a reset this
+/// database has not seen (`orders_after` above the row's), the reset is
+/// applied here, in the same transaction: the goods' orders below the line
+/// (and their conflicts) are deleted and `sold` recounted. Running it again
+/// changes nothing, so every sink may, and one that was away when the
+/// reset came applies it when it is back.
 pub(crate) fn upsert_goods(client: &mut Client, g: &GoodsRow) -> Result<(), postgres::Error> {
-    client.execute(
+    let mut tx = client.transaction()?;
+    tx.execute(
         "INSERT INTO seckill_goods (event_id, goods_id, name, price_cents, stock)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (event_id, goods_id) DO UPDATE
          SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents, stock = EXCLUDED.stock",
         &[&g.event_id, &g.goods_id, &g.name, &g.price_cents, &g.stock],
     )?;
-    Ok(())
+    let line: i64 = tx
+        .query_one(
+            "SELECT orders_after FROM seckill_goods WHERE event_id = $1 AND goods_id = $2 FOR UPDATE",
+            &[&g.event_id, &g.goods_id],
+        )?
+        .get(0);
+    if g.orders_after > line {
+        for table in ["seckill_orders", "seckill_order_conflicts"] {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE event_id = $1 AND goods_id = $2
+                     AND split_part(order_id, '-', 1)::bigint < $3"
+                ),
+                &[&g.event_id, &g.goods_id, &g.orders_after],
+            )?;
+        }
+        tx.execute(
+            "UPDATE seckill_goods SET orders_after = $3,
+             sold = (SELECT count(*) FROM seckill_orders WHERE event_id = $1 AND goods_id = $2)
+             WHERE event_id = $1 AND goods_id = $2",
+            &[&g.event_id, &g.goods_id, &g.orders_after],
+        )?;
+        log::info!(
+            "sink: {}/{} was reset: orders before {}-0 removed from PostgreSQL",
+            g.event_id,
+            g.goods_id,
+            g.orders_after
+        );
+    }
+    tx.commit()
 }
 
 /// The order ids PostgreSQL holds for one goods.

@@ -300,6 +300,7 @@ impl Sink {
                     name: g.name.clone(),
                     price_cents: i64::try_from(g.price_cents).unwrap_or(i64::MAX),
                     stock: g.stock,
+                    orders_after: i64::try_from(g.orders_after).unwrap_or(i64::MAX),
                 });
             }
         }

@@ -9,6 +9,8 @@
 //!   shares.
 //! - [`deduct`] (stage 7 of the request path) and `deduct.lua`: the sale,
 //!   one atomic script per attempt.
+//! - `reset.lua` ([`RESET_SCRIPT`]): an admin reset, one atomic script that
+//!   starts a goods' new sale with stream ids above its epoch.
 //!
 //! Redis Cluster (routing by the `{E:G}` hash tag) belongs here too.
 
@@ -16,3 +18,7 @@ pub mod breaker;
 pub(crate) mod conn;
 pub mod deduct;
 pub mod keys;
+
+/// The admin reset of one goods (`reset.lua`): sent with `EVAL`, as resets
+/// are rare. Returns the epoch every new order's stream id is above.
+pub(crate) const RESET_SCRIPT: &str = include_str!("reset.lua");
