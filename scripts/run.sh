@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Builds seckill in release, makes sure a Redis answers (starting a private
-# one if none does), creates the demo event, prints a curl to buy with, and
-# runs the server in the foreground (Ctrl-C stops it gracefully).
+# one, AOF on, if none does) and, when the config has a sink.url, that a
+# PostgreSQL answers there (starting a private one if none does), creates
+# the demo event, prints a curl to buy with and a psql line to see the
+# orders arrive, and runs the server in the foreground (Ctrl-C stops it
+# gracefully).
 #
 # Config: $SECKILL_CONFIG if set; otherwise target/run/config.toml, made once
-# from config.toml with a fresh auth.secret and admin.key.
+# from config.toml with a fresh auth.secret and admin.key, and a sink into
+# postgres://postgres@127.0.0.1:55432/seckill.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -12,6 +16,8 @@ source scripts/lib.sh
 need redis-server redis-server
 need redis-cli redis-tools
 need curl curl
+need psql postgresql-client
+need_postgres
 
 echo "building (release)..." >&2
 cargo build --release --quiet
@@ -25,7 +31,8 @@ if [[ -z $config ]]; then
   if [[ ! -f $config ]]; then
     secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
     key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    sed -e "s/^secret = \"\"/secret = \"$secret\"/" -e "s/^key = \"\"/key = \"$key\"/" config.toml >"$config"
+    sed -e "s/^secret = \"\"/secret = \"$secret\"/" -e "s/^key = \"\"/key = \"$key\"/" \
+      -e "s#^url = \"\"  #url = \"postgres://postgres@127.0.0.1:55432/seckill\"#" config.toml >"$config"
   fi
 fi
 export SECKILL_CONFIG=$config
@@ -45,13 +52,45 @@ rhost=${hostport%%:*}
 rport=${hostport##*:}
 [[ $rport == "$hostport" ]] && rport=6379
 if [[ $(redis-cli -h "$rhost" -p "$rport" ping 2>/dev/null || true) != PONG ]]; then
-  echo "no Redis at $rhost:$rport: starting a private redis-server (data not saved; log $run/redis.log)" >&2
-  redis-server --bind "$rhost" --port "$rport" --save "" --appendonly no --daemonize yes \
+  echo "no Redis at $rhost:$rport: starting a private redis-server (AOF every second in $run; log $run/redis.log)" >&2
+  redis-server --bind "$rhost" --port "$rport" --save "" --appendonly yes --appendfsync everysec --daemonize yes \
     --dir "$PWD/$run" --pidfile "$PWD/$run/redis.pid" --logfile "$PWD/$run/redis.log"
   for _ in $(seq 100); do
     [[ $(redis-cli -h "$rhost" -p "$rport" ping 2>/dev/null || true) == PONG ]] && break
     sleep 0.05
   done
+fi
+
+# The sink's PostgreSQL: the one at sink.url, else a private one there.
+sink_url=$(toml_get sink url "")
+if [[ -n $sink_url ]]; then
+  if ! psql "$sink_url" -qAtc 'SELECT 1' >/dev/null 2>&1; then
+    pg_hostport=${sink_url#postgres*://}
+    pg_hostport=${pg_hostport#*@}
+    pg_hostport=${pg_hostport%%/*}
+    phost=${pg_hostport%%:*}
+    pport=${pg_hostport##*:}
+    [[ $pport == "$pg_hostport" ]] && pport=5432
+    pdb=${sink_url##*/}
+    pdb=${pdb%%\?*}
+    pg_bin=$(dirname "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -n1)")
+    pgdir=$PWD/$run/pg
+    as_pg=()
+    if [[ $(id -u) -eq 0 ]]; then
+      # PostgreSQL refuses root: its files and process belong to postgres.
+      as_pg=(runuser -u postgres --)
+      runuser -u postgres -- test -x "$PWD/$run" || pgdir=/tmp/seckill-run-pg
+      mkdir -p "$pgdir" && chown postgres "$pgdir"
+    fi
+    if [[ ! -f $pgdir/data/PG_VERSION ]]; then
+      "${as_pg[@]}" "$pg_bin/initdb" -D "$pgdir/data" -A trust -U postgres -E UTF8 >/dev/null
+    fi
+    echo "no PostgreSQL at $phost:$pport: starting a private one (data $pgdir/data; log $pgdir/pg.log)" >&2
+    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/pg.log" -w \
+      -o "-p $pport -k $pgdir -c listen_addresses=$phost" start >/dev/null
+    psql "postgres://postgres@$phost:$pport/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$pdb'" |
+      grep -q 1 || psql "postgres://postgres@$phost:$pport/postgres" -qc "CREATE DATABASE $pdb" >/dev/null
+  fi
 fi
 
 "$bin" serve >"$run/serve.out" &
@@ -84,6 +123,17 @@ Buy a sticker (3 in stock) as demo-user:
 
 More users: $bin token --count 5 --prefix user   (config: $config)
 See the stock: curl -s $public/event/info?event_id=demo
+MSG
+if [[ -n $sink_url ]]; then
+  cat <<MSG
+See the orders arrive in PostgreSQL:
+
+  psql '$sink_url' -c 'SELECT * FROM seckill_orders ORDER BY persisted_at DESC LIMIT 10'
+
+Check the books: $bin check --event demo --wait 5
+MSG
+fi
+cat <<MSG
 Ctrl-C stops the server.
 
 MSG

@@ -56,8 +56,9 @@
 //!   the loops read, the refresh threads.
 //! - [`client`]: the client side: the load generator and the one HTTP
 //!   response reader the tests and examples share.
-//! - The orders sink (stream -> PostgreSQL) gets `orders/`; limits against
-//!   scalpers, `limits/`.
+//! - [`orders`]: orders leave Redis: the stream side, the PostgreSQL side,
+//!   the sink thread that joins them, and `seckill check`. Limits against
+//!   scalpers go in `limits/`.
 //! - Beside the path, one file each: [`admin`] (the admin listener),
 //!   [`lookup`] (`/shop/result`, answered off the loop), [`blacklist`].
 //! - The process: [`serve`] (wiring), [`config`], [`shutdown`] (the stop

@@ -501,3 +501,38 @@ fn a_reset_mid_backlog_leaves_no_order_from_before_it_and_loses_none_after() {
     );
     assert_books(&redis, &mut db, "g1");
 }
+
+#[test]
+fn redis_restarted_from_its_aof_keeps_the_group_and_nothing_is_twice() {
+    let mut redis = RedisServer::start_with_aof();
+    redis.seed("e1", &[("g1", 100)], 0, FAR);
+    let pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "aof");
+    let s = Seckill::start_ready(&c);
+    let mut db = pg.client("aof");
+    for i in 0..30 {
+        s.client()
+            .buy(&format!("a{i}"), "e1", "g1")
+            .assert(200, 0, "ok", "close");
+    }
+    eventually(Duration::from_secs(10), "persisted", || {
+        rows(&mut db, "g1") == 30
+    });
+    redis.stop();
+    redis.restart();
+    let groups: Vec<redis::Value> = redis.cmd(&["XINFO", "GROUPS", "seckill:{e1:g1}:orders"]);
+    assert_eq!(groups.len(), 1, "the group survived the restart");
+    eventually(Duration::from_secs(10), "the node sells again", || {
+        s.client().buy("b0", "e1", "g1").code() == 0
+    });
+    for i in 1..20 {
+        s.client()
+            .buy(&format!("b{i}"), "e1", "g1")
+            .assert(200, 0, "ok", "close");
+    }
+    eventually(Duration::from_secs(20), "every order persisted", || {
+        rows(&mut db, "g1") == 50
+    });
+    s.wait_metric("seckill_sink_lag_orders 0", Duration::from_secs(10));
+    assert_books(&redis, &mut db, "g1");
+}

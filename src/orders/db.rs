@@ -104,9 +104,12 @@ pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Client, String> {
     // IF NOT EXISTS can still clash): one at a time, under a lock that
     // ends with the transaction.
     let mut tx = client.transaction().map_err(|e| explain(&e))?;
-    tx.batch_execute("SELECT pg_advisory_xact_lock(7326545500)")
-        .and_then(|()| tx.batch_execute(SCHEMA_V1))
-        .map_err(|e| format!("schema: {}", explain(&e)))?;
+    // (And without the "already exists, skipping" notices in the log.)
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7326545500)",
+    )
+    .and_then(|()| tx.batch_execute(SCHEMA_V1))
+    .map_err(|e| format!("schema: {}", explain(&e)))?;
     tx.commit().map_err(|e| explain(&e))?;
     let version: Option<i32> = client
         .query_one("SELECT max(version) FROM seckill_schema", &[])

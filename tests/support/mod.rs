@@ -39,21 +39,42 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    // Keeps an AOF (fsync always) in its dir, reloaded on `restart`.
+    aof: bool,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// A server that keeps its data in an AOF, so `restart` brings it back.
+    pub fn start_with_aof() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = Self::spawn(dir.path(), port) {
-                return RedisServer { child, port, dir };
+            if let Some(child) = Self::spawn(dir.path(), port, aof) {
+                return RedisServer {
+                    child,
+                    port,
+                    dir,
+                    aof,
+                };
             }
         }
         panic!("redis-server did not start; log:\n{}", read_log(dir.path()));
     }
 
-    fn spawn(dir: &Path, port: u16) -> Option<Child> {
+    fn spawn(dir: &Path, port: u16, aof: bool) -> Option<Child> {
+        let (appendonly, fsync) = if aof {
+            ("yes", "always")
+        } else {
+            ("no", "everysec")
+        };
         let mut child = Command::new("redis-server")
             .args([
                 "--port",
@@ -63,7 +84,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                appendonly,
+                "--appendfsync",
+                fsync,
             ])
             .arg("--dir")
             .arg(dir)
@@ -88,9 +111,10 @@ impl RedisServer {
         None
     }
 
-    /// Restarts on the same port (after `stop`), empty.
+    /// Restarts on the same port (after `stop`): empty, or with what its AOF
+    /// kept.
     pub fn restart(&mut self) {
-        let child = Self::spawn(self.dir.path(), self.port).unwrap_or_else(|| {
+        let child = Self::spawn(self.dir.path(), self.port, self.aof).unwrap_or_else(|| {
             panic!(
                 "redis-server did not restart; log:\n{}",
                 read_log(self.dir.path())
