@@ -11,6 +11,9 @@
 #                vs redis-benchmark -P 16 running the same Lua script
 #   memory       server RSS growth per idle keep-alive connection at 10 000
 #                connections (examples/idle_conns)
+#   sink         seckill sink: a backlog of 100 000 stream entries into a
+#                private PostgreSQL, orders/s, vs psql's \copy of the same
+#                rows into a table with the same keys
 #
 # Options: --rounds N (3)  --duration S (5, per wrk run)  --connections N (64)
 #          --threads N (seckill server.threads; default 0 = one per core)
@@ -37,6 +40,8 @@ need redis-cli redis-tools
 need redis-benchmark redis-tools
 need wrk wrk
 need nginx nginx-light
+need psql postgresql-client
+need_postgres
 echo "building (release)..." >&2
 cargo build --release --quiet --bin seckill --example worker_alone --example idle_conns
 BIN=$PWD/target/release/seckill
@@ -213,6 +218,61 @@ RB=$(redis-benchmark -h 127.0.0.1 -p "$RPORT" -n 200000 -P 16 -r 1000000000 -q \
   'u__rand_int__' e1 rb 0 2>/dev/null | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{printf "%.0f", $1}')
 log "worker alone: $W_RATE deducts/s; redis-benchmark -P 16: $RB req/s"
 
+# ---- the sink: a backlog into PostgreSQL, vs COPY of the same rows ----
+PGPORT=$(free_port)
+PGBIN=$(dirname "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -n1)")
+AS_PG=()
+if [[ $(id -u) -eq 0 ]]; then
+  AS_PG=(runuser -u postgres --)
+  chmod 755 "$RUN"
+  mkdir -p "$RUN/pg" && chown postgres "$RUN/pg"
+else
+  mkdir -p "$RUN/pg"
+fi
+"${AS_PG[@]}" "$PGBIN/initdb" -D "$RUN/pg/data" -A trust -U postgres -E UTF8 --no-sync >/dev/null
+"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$RUN/pg/data" -l "$RUN/pg/pg.log" -w \
+  -o "-p $PGPORT -k $RUN/pg -c listen_addresses=127.0.0.1" start >/dev/null
+pg_stop() { "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$RUN/pg/data" -m fast stop >/dev/null 2>&1 || true; }
+trap 'pg_stop; cleanup' EXIT
+PGURL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+SINK_N=100000
+goods+=',{"goods_id":"sink","stock":0}'
+printf '{"event_id":"e1","name":"bench","start_at":0,"end_at":4102444800,"goods":[%s]}' "$goods" |
+  rcli -x hset seckill:events e1 >/dev/null
+rcli eval "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'uid', 's' .. i, 'event_id', 'e1', 'goods_id', 'sink', 'ts_ms', '1') end" \
+  1 'seckill:{e1:sink}:orders' "$SINK_N" >/dev/null
+cat >"$RUN/sink.toml" <<TOML
+[redis]
+url = "redis://127.0.0.1:$RPORT/"
+[sink]
+url = "$PGURL"
+TOML
+rows() { psql "$PGURL" -qAtc "SELECT count(*) FROM seckill_orders WHERE goods_id = 'sink'" 2>/dev/null || echo 0; }
+RUST_LOG=warn "$BIN" sink --config "$RUN/sink.toml" --name bench 2>"$RUN/sink.log" &
+SINKPID=$!
+PIDS+=($SINKPID)
+# The rate from the first rows seen to the last: the sink's start-up
+# (connect, schema, first discovery) is not the backlog's cost.
+r0=0 t0=""
+while :; do
+  n=$(rows)
+  [[ -z $t0 && $n -gt 0 ]] && { r0=$n; t0=$(date +%s.%N); }
+  [[ $n -ge $SINK_N ]] && break
+  kill -0 $SINKPID 2>/dev/null || { echo "seckill sink died; its log:" >&2; cat "$RUN/sink.log" >&2; exit 1; }
+  sleep 0.05
+done
+t1=$(date +%s.%N)
+kill -TERM $SINKPID; wait $SINKPID 2>/dev/null || true
+SINK_RATE=$(awk -v n="$((SINK_N - r0))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+# The baseline: the same rows, \copy'd into a table with the same keys.
+psql "$PGURL" -qc "\copy (SELECT event_id, goods_id, order_id, uid, ts_ms FROM seckill_orders WHERE goods_id = 'sink') TO '$RUN/orders.csv' CSV"
+psql "$PGURL" -qc "CREATE TABLE bench_copy (LIKE seckill_orders INCLUDING ALL)"
+t0=$(date +%s.%N)
+psql "$PGURL" -qc "\copy bench_copy (event_id, goods_id, order_id, uid, ts_ms) FROM '$RUN/orders.csv' CSV"
+t1=$(date +%s.%N)
+COPY_RATE=$(awk -v n="$SINK_N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+log "sink: $SINK_RATE orders/s from a $SINK_N backlog; psql \\copy: $COPY_RATE rows/s"
+
 # ---- the table ----
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo
@@ -238,4 +298,6 @@ printf '%-10s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\
   worker "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
 printf '%-10s %14s %14s %8s   (RSS bytes per idle keep-alive connection, 10000 connections)\n' \
   memory "${MEM_PER:-?}" - -
+printf '%-10s %14s %14s %8s   (orders/s into PostgreSQL from a %s-entry backlog vs psql \\copy rows/s)\n' \
+  sink "$SINK_RATE" "$COPY_RATE" "$(ratio "$SINK_RATE" "$COPY_RATE")" "$SINK_N"
 [[ $SO_OK == 1 ]]

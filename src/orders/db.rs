@@ -15,6 +15,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::io::Write;
+
+use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Transaction};
 
 use crate::orders::stream::Order;
@@ -187,6 +190,11 @@ fn write_in(tx: &mut Transaction<'_>, orders: &[Order]) -> Result<Written, postg
     if kept.is_empty() {
         return Ok(Written::default());
     }
+    // The common case, a batch written for the first time: one COPY.
+    if let Some(written) = copy_fresh(tx, &kept)? {
+        return Ok(written);
+    }
+    // A replay, or a second order of one uid: the careful path.
     let cols = Columns::of(&kept);
     let params = cols.params();
     // ON CONFLICT with no target: a replayed order (same key) and a second
@@ -206,12 +214,15 @@ fn write_in(tx: &mut Transaction<'_>, orders: &[Order]) -> Result<Written, postg
     let mut total = 0;
     for row in &inserted {
         let (event_id, goods_id, n): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
-        tx.execute(
-            "INSERT INTO seckill_goods (event_id, goods_id, sold) VALUES ($1, $2, $3)
-             ON CONFLICT (event_id, goods_id) DO UPDATE SET sold = seckill_goods.sold + EXCLUDED.sold",
-            &[&event_id, &goods_id, &n],
-        )?;
+        raise_sold(tx, &event_id, &goods_id, n)?;
         total += n.max(0) as u64;
+    }
+    // Every row went in: none can clash (the common case, one query less).
+    if total == kept.len() as u64 {
+        return Ok(Written {
+            inserted: total,
+            conflicts: 0,
+        });
     }
     let conflicts = tx.query(
         &format!(
@@ -246,6 +257,86 @@ pub(crate) fn explain(e: &postgres::Error) -> String {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => e.to_string(),
     }
+}
+
+/// Tries the batch as one `COPY` into `seckill_orders`, inside a
+/// savepoint. `COPY` is all or nothing: on the first key already there (a
+/// replayed order, a second order of one uid) it fails as a whole, the
+/// savepoint is rolled back, and None sends the batch the careful way
+/// (`INSERT ... ON CONFLICT DO NOTHING`). Measured here (`scripts/bench.sh`,
+/// 1000 orders a batch): about twice as fast as that insert, which pays a
+/// speculative insertion on both unique keys for every row.
+fn copy_fresh(
+    tx: &mut Transaction<'_>,
+    orders: &[Order],
+) -> Result<Option<Written>, postgres::Error> {
+    let mut text = Vec::with_capacity(orders.len() * 80);
+    for o in orders {
+        for field in [&o.event_id, &o.goods_id, &o.order_id, &o.uid] {
+            copy_field(&mut text, field);
+            text.push(b'\t');
+        }
+        text.extend_from_slice(o.ts_ms.to_string().as_bytes());
+        text.push(b'\n');
+    }
+    let mut sp = tx.savepoint("sink_copy")?;
+    match copy_rows(&mut sp, &text) {
+        Ok(n) => {
+            let mut per_goods: HashMap<(&str, &str), i64> = HashMap::new();
+            for o in orders {
+                *per_goods
+                    .entry((o.event_id.as_str(), o.goods_id.as_str()))
+                    .or_default() += 1;
+            }
+            for ((event_id, goods_id), n) in per_goods {
+                raise_sold(&mut sp, event_id, goods_id, n)?;
+            }
+            sp.commit()?;
+            Ok(Some(Written {
+                inserted: n,
+                conflicts: 0,
+            }))
+        }
+        // Dropping `sp` rolls back to the savepoint.
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn copy_rows(sp: &mut Transaction<'_>, text: &[u8]) -> Result<u64, postgres::Error> {
+    let mut w =
+        sp.copy_in("COPY seckill_orders (event_id, goods_id, order_id, uid, ts_ms) FROM STDIN")?;
+    // A write fails only when the server already refused the copy;
+    // `finish` then returns the server's reason.
+    let _ = w.write_all(text);
+    w.finish()
+}
+
+/// One field in `COPY`'s text format.
+fn copy_field(out: &mut Vec<u8>, field: &str) {
+    for b in field.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+fn raise_sold(
+    tx: &mut Transaction<'_>,
+    event_id: &str,
+    goods_id: &str,
+    n: i64,
+) -> Result<(), postgres::Error> {
+    tx.execute(
+        "INSERT INTO seckill_goods (event_id, goods_id, sold) VALUES ($1, $2, $3)
+         ON CONFLICT (event_id, goods_id) DO UPDATE SET sold = seckill_goods.sold + EXCLUDED.sold",
+        &[&event_id, &goods_id, &n],
+    )?;
+    Ok(())
 }
 
 /// Creates or updates a goods' row from its definition (its `sold` is

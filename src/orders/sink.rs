@@ -51,6 +51,8 @@ use crate::store::keys::{self, GoodsKeys};
 const DISCOVER: Duration = Duration::from_secs(1);
 /// How often the lag is measured.
 const MEASURE: Duration = Duration::from_millis(250);
+/// Batches of one goods written in a row before the next goods' turn.
+const DRAIN_TURN: usize = 16;
 /// Pause when no stream had anything new.
 const IDLE: Duration = Duration::from_millis(20);
 /// First pause after a failure; it doubles up to `MAX_BACKOFF`.
@@ -345,13 +347,70 @@ impl Sink {
         if read.is_empty() {
             return Ok(false);
         }
-        self.write(goods, &read)?;
-        stream::ack(&mut self.redis, goods, read.ids()).map_err(Failure::Redis)?;
+        let mut read = read;
+        // A backlog: while PostgreSQL writes one batch, the next is read
+        // from Redis (new entries only: this one is still pending here).
+        // Up to DRAIN_TURN batches, then the other goods get their turn.
+        for turn in 0..DRAIN_TURN {
+            self.note_skipped(goods, &read);
+            // A full batch says more are likely waiting.
+            let prefetch = turn + 1 < DRAIN_TURN && read.ids().count() >= batch;
+            let (written, next) = self.write_while_reading(goods, &read, prefetch)?;
+            self.metrics.sink_persisted(written.inserted);
+            self.metrics.sink_conflicts(written.conflicts);
+            // Only after COMMIT: a crash before this leaves them pending.
+            stream::ack(&mut self.redis, goods, read.ids()).map_err(Failure::Redis)?;
+            if self.stopped() {
+                // SIGTERM: the batch in hand is done; one read ahead stays
+                // pending and comes first next time.
+                break;
+            }
+            match next {
+                Some(Ok(next)) if !next.is_empty() => read = next,
+                Some(Err(e)) if !stream::is_no_group(&e) => return Err(Failure::Redis(e)),
+                _ => break,
+            }
+        }
         Ok(true)
     }
 
-    /// Writes what a read found; logs and counts what it skips.
-    fn write(&mut self, goods: &Goods, read: &Read) -> Result<u64, Failure> {
+    /// Writes `read` to PostgreSQL on a scoped thread while this one reads
+    /// the goods' next new entries (when `prefetch`). A failed write
+    /// leaves both batches pending: they are read again.
+    #[allow(clippy::type_complexity)]
+    fn write_while_reading(
+        &mut self,
+        goods: &Goods,
+        read: &Read,
+        prefetch: bool,
+    ) -> Result<(db::Written, Option<redis::RedisResult<Read>>), Failure> {
+        self.pg()?;
+        let Some(mut client) = self.pg.take() else {
+            return Ok((db::Written::default(), None));
+        };
+        let redis = &mut self.redis;
+        let (name, batch) = (&self.setup.name, self.setup.config.batch);
+        let (written, next) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let written = db::write(&mut client, &read.orders);
+                (written, client)
+            });
+            let next = prefetch.then(|| stream::read_new(redis, goods, name, batch));
+            (writer.join(), next)
+        });
+        let written = match written {
+            Ok((written, client)) => {
+                self.pg = Some(client);
+                written.map_err(pg_failed)?
+            }
+            // The writer panicked (a bug): a fresh client next time.
+            Err(_) => return Err(Failure::Pg("the PostgreSQL writer panicked".into())),
+        };
+        Ok((written, next))
+    }
+
+    /// Logs and counts what a read found that is not written.
+    fn note_skipped(&mut self, goods: &Goods, read: &Read) {
         for (id, why) in &read.malformed {
             log::warn!(
                 "sink: {} entry {id} is not an order ({why}); skipped",
@@ -365,10 +424,6 @@ impl Sink {
                 goods.key
             );
         }
-        let written = db::write(self.pg()?, &read.orders).map_err(pg_failed)?;
-        self.metrics.sink_persisted(written.inserted);
-        self.metrics.sink_conflicts(written.conflicts);
-        Ok(written.inserted)
     }
 
     /// Takes over entries idle too long at other consumers.

@@ -115,6 +115,17 @@ pub(crate) fn read(
     read_from(conn, goods, consumer, count, ">")
 }
 
+/// Reads up to `count` new entries only (never delivered to anyone):
+/// what the sink reads ahead while its pending batch is being written.
+pub(crate) fn read_new(
+    conn: &mut LazyConn,
+    goods: &Goods,
+    consumer: &str,
+    count: usize,
+) -> redis::RedisResult<Read> {
+    read_from(conn, goods, consumer, count, ">")
+}
+
 fn read_from(
     conn: &mut LazyConn,
     goods: &Goods,
