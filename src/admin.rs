@@ -268,33 +268,51 @@ impl Admin {
     /// unless `force`.
     fn delete(&mut self, event_id: &str, force: bool) -> AdminResult {
         let def = self.stored(event_id)?.ok_or(NO_EVENT)?;
-        if self.sink {
-            let until = std::time::Instant::now() + DELETE_WAIT;
-            let mut left = self.unpersisted(&def)?;
-            while left > 0 && std::time::Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(100));
-                left = self.unpersisted(&def)?;
+        let until = std::time::Instant::now() + DELETE_WAIT;
+        loop {
+            // The event keeps selling while we wait: the orders streams are
+            // watched from the check to the delete, and a sale in between
+            // aborts the delete and checks again, so no order can be sold
+            // after the check and deleted unpersisted.
+            let watched = self.sink && !force;
+            if watched {
+                let mut watch = redis::cmd("WATCH");
+                for g in &def.goods {
+                    watch.arg(GoodsKeys::new(&def.event_id, &g.goods_id).orders);
+                }
+                watch.query::<()>(self.redis()?)?;
+                let left = self.unpersisted(&def)?;
+                if left > 0 {
+                    redis::cmd("UNWATCH").query::<()>(self.redis()?)?;
+                    if std::time::Instant::now() >= until {
+                        return Err(Fail::Unpersisted(Unpersisted(left)));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            } else if self.sink {
+                let left = self.unpersisted(&def)?;
+                if left > 0 {
+                    log::warn!(
+                        "admin: event {event_id} deleted with force: {left} orders were not persisted"
+                    );
+                }
             }
-            if left > 0 && !force {
-                return Err(Fail::Unpersisted(Unpersisted(left)));
+            let conn = self.redis()?;
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for g in &def.goods {
+                let k = GoodsKeys::new(&def.event_id, &g.goods_id);
+                pipe.del(&k.stock).del(&k.buyers).del(&k.orders);
             }
-            if left > 0 {
-                log::warn!(
-                    "admin: event {event_id} deleted with force: {left} orders were not persisted"
-                );
+            pipe.hdel(keys::EVENTS, event_id);
+            // Nil: a watched stream changed (a sale); check again.
+            if pipe.query::<Option<redis::Value>>(conn)?.is_none() {
+                continue;
             }
+            publish(conn, "delete", event_id)?;
+            return Ok(None);
         }
-        let conn = self.redis()?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for g in &def.goods {
-            let k = GoodsKeys::new(&def.event_id, &g.goods_id);
-            pipe.del(&k.stock).del(&k.buyers).del(&k.orders);
-        }
-        pipe.hdel(keys::EVENTS, event_id);
-        pipe.query::<()>(conn)?;
-        publish(conn, "delete", event_id)?;
-        Ok(None)
     }
 }
 

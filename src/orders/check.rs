@@ -154,7 +154,7 @@ pub fn check(
         }
     }
     let mut pg = if sink {
-        Some(db::connect(&config.sink.url, timeout).map_err(|e| format!("postgres: {e}"))?)
+        Some(db::open(&config.sink.url, timeout).map_err(|e| format!("postgres: {e}"))?)
     } else {
         None
     };

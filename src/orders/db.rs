@@ -100,9 +100,7 @@ pub(crate) struct GoodsRow {
 /// is there. A database whose schema is newer than this build refuses: an
 /// older sink must not write into tables it does not know.
 pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Client, String> {
-    let mut config: Config = url.parse().map_err(|e| format!("{e}"))?;
-    config.connect_timeout(timeout);
-    let mut client = config.connect(NoTls).map_err(|e| explain(&e))?;
+    let mut client = open(url, timeout)?;
     // Sinks starting together would race on the catalog (two CREATE TABLE
     // IF NOT EXISTS can still clash): one at a time, under a lock that
     // ends with the transaction.
@@ -137,6 +135,20 @@ pub(crate) fn write(client: &mut Client, orders: &[Order]) -> Result<Written, po
     let written = write_in(&mut tx, orders)?;
     tx.commit()?;
     Ok(written)
+}
+
+/// Connects, without touching the schema (`seckill check` reads only).
+/// No call waits forever: a lock held by a stalled sink, a hung server or a
+/// half-open connection is an error after a while, and the sink retries.
+pub(crate) fn open(url: &str, timeout: Duration) -> Result<Client, String> {
+    let mut config: Config = url.parse().map_err(|e| format!("{e}"))?;
+    config
+        .connect_timeout(timeout)
+        .tcp_user_timeout(Duration::from_secs(30))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .options("-c lock_timeout=10000 -c statement_timeout=60000");
+    config.connect(NoTls).map_err(|e| explain(&e))
 }
 
 /// The millisecond part of a stream id.
@@ -392,13 +404,24 @@ pub(crate) fn recount(
     event_id: &str,
     goods_id: &str,
 ) -> Result<(), postgres::Error> {
-    client.execute(
-        "INSERT INTO seckill_goods (event_id, goods_id, sold)
-         VALUES ($1, $2, (SELECT count(*) FROM seckill_orders WHERE event_id = $1 AND goods_id = $2))
-         ON CONFLICT (event_id, goods_id) DO UPDATE SET sold = EXCLUDED.sold",
+    // Lock first, count after: a count taken before waiting for another
+    // sink's batch to commit would be short by that batch.
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "INSERT INTO seckill_goods (event_id, goods_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         &[&event_id, &goods_id],
     )?;
-    Ok(())
+    tx.execute(
+        "SELECT 1 FROM seckill_goods WHERE event_id = $1 AND goods_id = $2 FOR UPDATE",
+        &[&event_id, &goods_id],
+    )?;
+    tx.execute(
+        "UPDATE seckill_goods
+         SET sold = (SELECT count(*) FROM seckill_orders WHERE event_id = $1 AND goods_id = $2)
+         WHERE event_id = $1 AND goods_id = $2",
+        &[&event_id, &goods_id],
+    )?;
+    tx.commit()
 }
 
 /// A batch as parallel columns.

@@ -108,6 +108,8 @@ pub struct Sink {
     claimed_at: Option<Instant>,
     reconciled_at: Option<Instant>,
     measured_at: Option<Instant>,
+    // Goods whose key is bad (a wrong-type stream): skipped, logged once.
+    broken: HashSet<String>,
     // Set while an outage lasts, so it is logged once.
     pg_down: bool,
     redis_down: bool,
@@ -135,6 +137,7 @@ impl Sink {
             claimed_at: None,
             reconciled_at: None,
             measured_at: None,
+            broken: HashSet::new(),
             pg_down: false,
             redis_down: false,
         })
@@ -308,15 +311,31 @@ impl Sink {
         }
         goods.sort_by(|a, b| a.key.cmp(&b.key));
         let mut ready = Vec::with_capacity(goods.len());
+        let mut broken = HashSet::new();
         for g in goods {
             match stream::ensure_group(&mut self.redis, &g.key) {
                 Ok(()) => ready.push(g),
                 // No sale made the stream yet: its group comes with the
                 // next discovery after the first sale (still at id 0).
                 Err(e) if is_no_stream(&e) => {}
-                Err(e) => return Err(Failure::Redis(e)),
+                // Redis itself failed: the whole pass waits.
+                Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                    return Err(Failure::Redis(e))
+                }
+                // One goods' key is bad (a wrong type): it costs only that
+                // goods, logged once until it heals (SPEC §6.3).
+                Err(e) => {
+                    if !self.broken.contains(&g.key) {
+                        log::warn!("sink: skipping {}: {e}", g.key);
+                    }
+                    broken.insert(g.key);
+                }
             }
         }
+        for key in self.broken.difference(&broken) {
+            log::info!("sink: {key} reads again");
+        }
+        self.broken = broken;
         self.redis_ok();
         self.goods = ready;
         for row in rows {
@@ -341,7 +360,15 @@ impl Sink {
                 self.discovered_at = None;
                 return Ok(true);
             }
-            Err(e) => return Err(Failure::Redis(e)),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                return Err(Failure::Redis(e))
+            }
+            // This goods' key went bad since discovery (a wrong type): the
+            // next discovery sets it aside; the other goods go on.
+            Err(_) => {
+                self.discovered_at = None;
+                return Ok(false);
+            }
         };
         self.redis_ok();
         if read.is_empty() {
@@ -352,10 +379,11 @@ impl Sink {
         // from Redis (new entries only: this one is still pending here).
         // Up to DRAIN_TURN batches, then the other goods get their turn.
         for turn in 0..DRAIN_TURN {
-            self.note_skipped(goods, &read);
             // A full batch says more are likely waiting.
             let prefetch = turn + 1 < DRAIN_TURN && read.ids().count() >= batch;
             let (written, next) = self.write_while_reading(goods, &read, prefetch)?;
+            // Counted once the batch is in: a retried batch counts once.
+            self.note_skipped(goods, &read);
             self.metrics.sink_persisted(written.inserted);
             self.metrics.sink_conflicts(written.conflicts);
             // Only after COMMIT: a crash before this leaves them pending.
@@ -507,7 +535,12 @@ impl Sink {
             match stream::unpersisted(&mut self.redis, &goods) {
                 Ok(n) => lag += n,
                 Err(e) if stream::is_no_group(&e) => self.discovered_at = None,
-                Err(e) => return Err(Failure::Redis(e)),
+                Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                    return Err(Failure::Redis(e))
+                }
+                // A goods gone bad since discovery: the next discovery
+                // says so; the others are still measured.
+                Err(_) => self.discovered_at = None,
             }
         }
         self.metrics.sink_lag(lag);
