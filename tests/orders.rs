@@ -161,6 +161,7 @@ fn a_sale_across_three_nodes_lands_in_postgres_once() {
     let (code, out) = check(&c, &["--wait", "10"]);
     assert_eq!(code, 0, "seckill check: {out}");
     assert!(out.contains("the books balance"), "{out}");
+    println!("seckill check after the 3-node sale:\n{out}");
 }
 
 #[test]
