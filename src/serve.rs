@@ -46,6 +46,9 @@ use crate::store::breaker::Breaker;
 use crate::store::deduct::Deducter;
 use crate::worker::Worker;
 
+/// How long a stop waits for the sink's batch in hand.
+const SINK_STOP: Duration = Duration::from_millis(500);
+
 /// Listen backlog: a burst of new connections must not overflow it (the
 /// default 128 costs clients 1 s SYN retries under a flash sale).
 const BACKLOG: i32 = 4096;
@@ -343,6 +346,20 @@ impl Running {
             }
         }
         for (name, handle) in self.answerers {
+            if name == "sink" {
+                // The sink finishes the batch in hand, but a PostgreSQL that
+                // hangs must not hold the exit: past SINK_STOP it is left to
+                // end with the process. Nothing is lost: what it had not
+                // acknowledged stays pending in Redis and is written again.
+                let until = std::time::Instant::now() + SINK_STOP;
+                while !handle.is_finished() && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if !handle.is_finished() {
+                    log::warn!("sink: still busy at exit; its batch stays pending in Redis");
+                    continue;
+                }
+            }
             if handle.join().is_err() {
                 result = Err(format!("{name} thread panicked"));
             }
