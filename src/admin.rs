@@ -171,6 +171,14 @@ impl Admin {
         // too, so a node that never saw the drop still sees the change.
         let floor = old_goods.iter().map(|g| g.epoch + 1).max().unwrap_or(0);
         let now_ms = self.clock.unix_ms().max(floor);
+        // Dropped goods go first, and only once their orders are persisted
+        // (4009, nothing changed, when they are not), as on DELETE. Until
+        // the new definition is stored a moment later, an attempt on them
+        // finds no stock key: 4004.
+        if !dropped.is_empty() {
+            let ids: Vec<&str> = dropped.iter().map(|g| g.goods_id.as_str()).collect();
+            self.remove(&def.event_id, &ids, false, false)?;
+        }
         let conn = self.redis()?;
         for g in &mut def.goods {
             let k = GoodsKeys::new(&def.event_id, &g.goods_id);
@@ -205,15 +213,11 @@ impl Admin {
             g.orders_after = old.map_or(0, |o| o.orders_after);
         }
         let json = serde_json::to_string(&def).map_err(|_| Fail::Body(BadAttempt))?;
-        // The new definition and the dropped goods' keys change together.
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for g in &dropped {
-            let k = GoodsKeys::new(&def.event_id, &g.goods_id);
-            pipe.del(&k.stock).del(&k.buyers).del(&k.orders);
-        }
-        pipe.hset(keys::EVENTS, &def.event_id, &json);
-        pipe.query::<()>(conn)?;
+        redis::cmd("HSET")
+            .arg(keys::EVENTS)
+            .arg(&def.event_id)
+            .arg(&json)
+            .query::<()>(conn)?;
         publish(conn, "put", &def.event_id)?;
         self.get(&def.event_id)
     }
@@ -249,39 +253,59 @@ impl Admin {
         Ok(Some(data.to_string()))
     }
 
-    /// Orders of `def` not yet acknowledged by the sink's group.
-    fn unpersisted(&mut self, def: &EventDef) -> Result<u64, Fail> {
+    /// Orders in `streams` not yet acknowledged by the sink's group.
+    fn unpersisted(&mut self, streams: &[Goods]) -> Result<u64, Fail> {
         let mut n = 0;
-        for g in &def.goods {
-            let goods = Goods {
-                event_id: def.event_id.clone(),
-                goods_id: g.goods_id.clone(),
-                key: GoodsKeys::new(&def.event_id, &g.goods_id).orders,
-            };
-            n += stream::unpersisted(&mut self.conn, &goods)?;
+        for s in streams {
+            n += stream::unpersisted(&mut self.conn, s)?;
         }
         Ok(n)
     }
 
-    /// With a sink, the orders stay in PostgreSQL: wait up to
-    /// `DELETE_WAIT` for the sink to persist them all, else refuse (4009),
-    /// unless `force`.
+    /// With a sink, the orders stay in PostgreSQL: `DELETE` removes the
+    /// event's keys once every order is persisted (see `remove`).
     fn delete(&mut self, event_id: &str, force: bool) -> AdminResult {
         let def = self.stored(event_id)?.ok_or(NO_EVENT)?;
+        let goods: Vec<&str> = def.goods.iter().map(|g| g.goods_id.as_str()).collect();
+        self.remove(event_id, &goods, true, force)?;
+        publish(self.redis()?, "delete", event_id)?;
+        Ok(None)
+    }
+
+    /// Deletes the keys of `goods` of `event_id` (and the event itself when
+    /// `with_event`). With a sink, first waits up to `DELETE_WAIT` for
+    /// their orders to be persisted (acknowledged by the sink's group) and
+    /// refuses with nothing deleted when some are not, unless `force`.
+    /// The event keeps selling meanwhile: the streams are watched from the
+    /// check to the delete, and a sale in between aborts the delete and
+    /// checks again, so no order sold after the check is deleted
+    /// unpersisted.
+    fn remove(
+        &mut self,
+        event_id: &str,
+        goods: &[&str],
+        with_event: bool,
+        force: bool,
+    ) -> Result<(), Fail> {
+        let streams: Vec<Goods> = goods
+            .iter()
+            .map(|g| Goods {
+                event_id: event_id.to_string(),
+                goods_id: g.to_string(),
+                key: GoodsKeys::new(event_id, g).orders,
+            })
+            .collect();
         let until = std::time::Instant::now() + DELETE_WAIT;
         loop {
-            // The event keeps selling while we wait: the orders streams are
-            // watched from the check to the delete, and a sale in between
-            // aborts the delete and checks again, so no order can be sold
-            // after the check and deleted unpersisted.
-            let watched = self.sink && !force;
-            if watched {
+            if self.sink && !force {
                 let mut watch = redis::cmd("WATCH");
-                for g in &def.goods {
-                    watch.arg(GoodsKeys::new(&def.event_id, &g.goods_id).orders);
+                for s in &streams {
+                    watch.arg(&s.key);
                 }
-                watch.query::<()>(self.redis()?)?;
-                let left = self.unpersisted(&def)?;
+                if !streams.is_empty() {
+                    watch.query::<()>(self.redis()?)?;
+                }
+                let left = self.unpersisted(&streams)?;
                 if left > 0 {
                     redis::cmd("UNWATCH").query::<()>(self.redis()?)?;
                     if std::time::Instant::now() >= until {
@@ -291,7 +315,7 @@ impl Admin {
                     continue;
                 }
             } else if self.sink {
-                let left = self.unpersisted(&def)?;
+                let left = self.unpersisted(&streams)?;
                 if left > 0 {
                     log::warn!(
                         "admin: event {event_id} deleted with force: {left} orders were not persisted"
@@ -301,17 +325,17 @@ impl Admin {
             let conn = self.redis()?;
             let mut pipe = redis::pipe();
             pipe.atomic();
-            for g in &def.goods {
-                let k = GoodsKeys::new(&def.event_id, &g.goods_id);
+            for g in goods {
+                let k = GoodsKeys::new(event_id, g);
                 pipe.del(&k.stock).del(&k.buyers).del(&k.orders);
             }
-            pipe.hdel(keys::EVENTS, event_id);
-            // Nil: a watched stream changed (a sale); check again.
-            if pipe.query::<Option<redis::Value>>(conn)?.is_none() {
-                continue;
+            if with_event {
+                pipe.hdel(keys::EVENTS, event_id);
             }
-            publish(conn, "delete", event_id)?;
-            return Ok(None);
+            // Nil: a watched stream changed (a sale); check again.
+            if pipe.query::<Option<redis::Value>>(conn)?.is_some() {
+                return Ok(());
+            }
         }
     }
 }

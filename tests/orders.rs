@@ -602,3 +602,46 @@ fn a_crash_between_commit_and_xack_replays_without_counting_twice() {
     });
     assert_books(&redis, &mut db, "g1");
 }
+
+#[test]
+fn dropping_a_goods_waits_for_its_orders_like_delete() {
+    let redis = RedisServer::with_e1(&[("g1", 10), ("g2", 10)]);
+    let mut pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "dropping");
+    let s = Seckill::start_ready(&c);
+    let mut db = pg.client("dropping");
+    // Wait for the sink's first discovery (its group on g2 comes after the
+    // first sale of g2, so make one and see it persisted).
+    s.client()
+        .buy("a", "e1", "g2")
+        .assert(200, 0, "ok", "close");
+    eventually(Duration::from_secs(10), "persisted", || {
+        rows(&mut db, "g2") == 1
+    });
+    drop(db);
+    pg.stop();
+    s.client()
+        .buy("b", "e1", "g2")
+        .assert(200, 0, "ok", "close");
+    let auth = format!("Bearer {}", support::ADMIN_KEY);
+    let only_g1 = format!(
+        r#"{{"event_id":"e1","name":"test","start_at":0,"end_at":{FAR},"goods":[{{"goods_id":"g1","stock":10}}]}}"#
+    );
+    s.admin_client()
+        .request("POST", "/admin/events", Some(&auth), Some(&only_g1))
+        .assert(409, 4009, "orders not persisted", "keep-alive");
+    assert_eq!(redis.xlen_orders("e1", "g2"), 2, "nothing dropped");
+
+    pg.restart();
+    let mut db = pg.client("dropping");
+    eventually(
+        Duration::from_secs(20),
+        "persisted after the outage",
+        || rows(&mut db, "g2") == 2,
+    );
+    s.admin_client()
+        .request("POST", "/admin/events", Some(&auth), Some(&only_g1))
+        .assert(200, 0, "ok", "keep-alive");
+    assert_eq!(redis.xlen_orders("e1", "g2"), 0, "g2's keys gone");
+    assert_eq!(rows(&mut db, "g2"), 2, "its orders stay in PostgreSQL");
+}
