@@ -1,7 +1,8 @@
 //! The sink thread: every goods' `orders` stream into PostgreSQL, exactly
 //! once (SPEC §9).
 //!
-//! One thread, one Redis connection, one PostgreSQL client. Each pass:
+//! One thread, one Redis connection, one PostgreSQL client (used by a
+//! short-lived scoped thread while the next batch is read). Each pass:
 //! 1. every second, learn the goods from `seckill:events`, make the group
 //!    on each stream that exists (at id `0`), and bring `seckill_goods` up
 //!    to date with the definitions;
@@ -9,7 +10,9 @@
 //!    `claim_idle_ms` at another consumer (a sink that died);
 //! 3. for each goods, read this consumer's pending entries first, then new
 //!    ones (at most `sink.batch`, one stream per read), write them in one
-//!    transaction, and `XACK` them only after `COMMIT`;
+//!    transaction, and `XACK` them only after `COMMIT`; on a backlog, the
+//!    next batch (new entries only) is read while the last is written, up
+//!    to `DRAIN_TURN` batches before the next goods' turn;
 //! 4. every `reconcile_s`, the compensation scan: each stream's delivered
 //!    entries that are neither pending nor in PostgreSQL are written (and
 //!    counted as repaired), and `sold` is set to the row count.
