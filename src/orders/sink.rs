@@ -416,9 +416,11 @@ impl Sink {
         prefetch: bool,
     ) -> Result<(db::Written, Option<redis::RedisResult<Read>>), Failure> {
         self.pg()?;
-        let Some(mut client) = self.pg.take() else {
-            return Ok((db::Written::default(), None));
-        };
+        // Never acknowledge what was not written: no client is a failure.
+        let mut client = self
+            .pg
+            .take()
+            .ok_or_else(|| Failure::Pg("no PostgreSQL client".into()))?;
         let redis = &mut self.redis;
         let (name, batch) = (&self.setup.name, self.setup.config.batch);
         let (written, next) = std::thread::scope(|scope| {

@@ -239,17 +239,26 @@ pub(crate) fn range(
     Ok(parse_entries(goods, reply))
 }
 
-/// How many entries of the stream are not yet acknowledged by the group:
-/// pending (delivered, not acknowledged) plus lag (never delivered).
-/// No group yet (no sink ran since the first sale): every entry counts.
-pub(crate) fn unpersisted(conn: &mut LazyConn, goods: &Goods) -> redis::RedisResult<u64> {
+/// The sink's group on one stream, as `XINFO GROUPS` shows it.
+struct GroupInfo {
+    /// Delivered, not yet acknowledged.
+    pending: i64,
+    /// Never delivered; None when Redis cannot tell (entries deleted
+    /// mid-way).
+    lag: Option<i64>,
+    /// The last entry delivered (`0-0`: none yet).
+    last_delivered: String,
+}
+
+/// The sink's group on `goods`' stream; None when the stream or the group
+/// does not exist.
+fn group_info(conn: &mut LazyConn, goods: &Goods) -> redis::RedisResult<Option<GroupInfo>> {
     let reply = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(&goods.key)
         .query::<Value>(conn.get()?);
     let reply = match conn.settle(reply) {
-        // No stream: no orders.
-        Err(e) if e.detail().is_some_and(|d| d.contains("no such key")) => return Ok(0),
+        Err(e) if e.detail().is_some_and(|d| d.contains("no such key")) => return Ok(None),
         other => other?,
     };
     let Value::Array(groups) = reply else {
@@ -263,33 +272,44 @@ pub(crate) fn unpersisted(conn: &mut LazyConn, goods: &Goods) -> redis::RedisRes
         };
         let field = |name: &str| {
             fields
-                .chunks(2)
+                .chunks_exact(2)
                 .find(|kv| text(&kv[0]).as_deref() == Some(name))
-                .map(|kv| kv[1].clone())
+                .map(|kv| &kv[1])
         };
-        if field("name").as_ref().and_then(text).as_deref() != Some(GROUP) {
+        if field("name").and_then(text).as_deref() != Some(GROUP) {
             continue;
         }
-        let pending = field("pending").as_ref().and_then(int).unwrap_or(0);
-        // `lag` is nil when Redis cannot tell (entries deleted mid-way):
-        // count the whole stream after the group's last delivered entry
-        // then, which the next reads bring down.
-        let lag = match field("lag").as_ref().and_then(int) {
-            Some(lag) => lag,
-            None => after_last_delivered(conn, goods, field("last-delivered-id"))?,
-        };
-        return Ok((pending + lag).max(0) as u64);
+        return Ok(Some(GroupInfo {
+            pending: field("pending").and_then(int).unwrap_or(0),
+            lag: field("lag").and_then(int),
+            last_delivered: field("last-delivered-id")
+                .and_then(text)
+                .unwrap_or_else(|| "0-0".into()),
+        }));
     }
-    let len = redis::cmd("XLEN").arg(&goods.key).query::<u64>(conn.get()?);
-    conn.settle(len)
+    Ok(None)
 }
 
-fn after_last_delivered(
-    conn: &mut LazyConn,
-    goods: &Goods,
-    last: Option<Value>,
-) -> redis::RedisResult<i64> {
-    let last = last.as_ref().and_then(text).unwrap_or_else(|| "0".into());
+/// How many entries of the stream are not yet acknowledged by the group:
+/// pending (delivered, not acknowledged) plus lag (never delivered).
+/// No group yet (no sink ran since the first sale): every entry counts
+/// (`XLEN`, 0 when there is no stream).
+pub(crate) fn unpersisted(conn: &mut LazyConn, goods: &Goods) -> redis::RedisResult<u64> {
+    let Some(info) = group_info(conn, goods)? else {
+        let len = redis::cmd("XLEN").arg(&goods.key).query::<u64>(conn.get()?);
+        return conn.settle(len);
+    };
+    // With no lag figure, count the whole stream after the group's last
+    // delivered entry, which the next reads bring down.
+    let lag = match info.lag {
+        Some(lag) => lag,
+        None => after(conn, goods, &info.last_delivered)?,
+    };
+    Ok((info.pending + lag).max(0) as u64)
+}
+
+/// Entries after `last` (exclusive).
+fn after(conn: &mut LazyConn, goods: &Goods, last: &str) -> redis::RedisResult<i64> {
     let reply = redis::cmd("XRANGE")
         .arg(&goods.key)
         .arg(format!("({last}"))
@@ -301,36 +321,15 @@ fn after_last_delivered(
     }
 }
 
-/// The id of the last entry the group delivered (None: no group, or
-/// nothing delivered yet).
+/// The id of the last entry the group delivered (None: no stream, no
+/// group, or nothing delivered yet).
 pub(crate) fn last_delivered(
     conn: &mut LazyConn,
     goods: &Goods,
 ) -> redis::RedisResult<Option<String>> {
-    let reply = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(&goods.key)
-        .query::<Value>(conn.get()?);
-    let Value::Array(groups) = conn.settle(reply)? else {
-        return Ok(None);
-    };
-    for group in groups {
-        let fields = match group {
-            Value::Array(f) => f,
-            Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-            _ => continue,
-        };
-        let field = |name: &str| {
-            fields
-                .chunks(2)
-                .find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some(name))
-                .and_then(|kv| text(&kv[1]))
-        };
-        if field("name").as_deref() == Some(GROUP) {
-            return Ok(field("last-delivered-id").filter(|id| id != "0-0"));
-        }
-    }
-    Ok(None)
+    Ok(group_info(conn, goods)?
+        .map(|g| g.last_delivered)
+        .filter(|id| id != "0-0"))
 }
 
 /// The ids pending in the group, at any consumer (delivered, not yet
