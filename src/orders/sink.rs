@@ -40,12 +40,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postgres::Client;
-
 use crate::catalog::event::EventDef;
 use crate::config::SinkConfig;
 use crate::metrics::Metrics;
-use crate::orders::db::{self, GoodsRow};
+use crate::orders::db::{self, Db, GoodsRow};
 use crate::orders::stream::{self, Goods, Read};
 use crate::store::conn::LazyConn;
 use crate::store::keys::{self, GoodsKeys};
@@ -100,7 +98,7 @@ fn pg_failed(e: postgres::Error) -> Failure {
 /// The sink and everything it owns.
 pub struct Sink {
     redis: LazyConn,
-    pg: Option<Client>,
+    pg: Option<Db>,
     setup: SinkSetup,
     metrics: Metrics,
     stop: Arc<AtomicBool>,
@@ -257,7 +255,7 @@ impl Sink {
 
     /// The PostgreSQL client, connecting (and making the schema) first if
     /// there is none.
-    fn pg(&mut self) -> Result<&mut Client, Failure> {
+    fn pg(&mut self) -> Result<&mut Db, Failure> {
         let client = match self.pg.take() {
             Some(client) => client,
             None => {
@@ -344,7 +342,7 @@ impl Sink {
         for row in rows {
             let key = (row.event_id.clone(), row.goods_id.clone());
             if self.rows.get(&key) != Some(&row) {
-                db::upsert_goods(self.pg()?, &row).map_err(pg_failed)?;
+                db::upsert_goods(self.pg()?.client(), &row).map_err(pg_failed)?;
                 self.rows.insert(key, row);
             }
         }
@@ -378,19 +376,25 @@ impl Sink {
             return Ok(false);
         }
         let mut read = read;
-        // A backlog: while PostgreSQL writes one batch, the next is read
-        // from Redis (new entries only: this one is still pending here).
-        // Up to DRAIN_TURN batches, then the other goods get their turn.
+        // A backlog: while PostgreSQL writes one batch, the last one's XACK
+        // goes out and the next batch is read from Redis (new entries only:
+        // the one being written is still pending here). Up to DRAIN_TURN
+        // batches, then the other goods get their turn.
+        let mut committed: Option<Read> = None;
+        let mut failed = None;
         for turn in 0..DRAIN_TURN {
             // A full batch says more are likely waiting.
             let prefetch = turn + 1 < DRAIN_TURN && read.ids().count() >= batch;
-            let (written, next) = self.write_while_reading(goods, &read, prefetch)?;
+            let (written, acked, next) =
+                self.write_while_reading(goods, &read, committed.take(), prefetch)?;
             // Counted once the batch is in: a retried batch counts once.
             self.note_skipped(goods, &read);
             self.metrics.sink_persisted(written.inserted);
             self.metrics.sink_conflicts(written.conflicts);
-            // Only after COMMIT: a crash before this leaves them pending.
-            stream::ack(&mut self.redis, goods, read.ids()).map_err(Failure::Redis)?;
+            acked.map_err(Failure::Redis)?;
+            // Acknowledged only after COMMIT (with the next write, or
+            // below): a crash before leaves them pending.
+            committed = Some(read);
             if self.stopped() {
                 // SIGTERM: the batch in hand is done; one read ahead stays
                 // pending and comes first next time.
@@ -398,23 +402,41 @@ impl Sink {
             }
             match next {
                 Some(Ok(next)) if !next.is_empty() => read = next,
-                Some(Err(e)) if !stream::is_no_group(&e) => return Err(Failure::Redis(e)),
+                Some(Err(e)) if !stream::is_no_group(&e) => {
+                    failed = Some(e);
+                    break;
+                }
                 _ => break,
             }
         }
-        Ok(true)
+        if let Some(done) = committed {
+            stream::ack(&mut self.redis, goods, done.ids()).map_err(Failure::Redis)?;
+        }
+        match failed {
+            Some(e) => Err(Failure::Redis(e)),
+            None => Ok(true),
+        }
     }
 
-    /// Writes `read` to PostgreSQL on a scoped thread while this one reads
-    /// the goods' next new entries (when `prefetch`). A failed write
-    /// leaves both batches pending: they are read again.
+    /// Writes `read` to PostgreSQL on a scoped thread while this one
+    /// acknowledges `committed` (a batch whose transaction committed) and
+    /// reads the goods' next new entries (when `prefetch`). A failed write
+    /// leaves its batch and the one read ahead pending: they are read again.
     #[allow(clippy::type_complexity)]
     fn write_while_reading(
         &mut self,
         goods: &Goods,
         read: &Read,
+        committed: Option<Read>,
         prefetch: bool,
-    ) -> Result<(db::Written, Option<redis::RedisResult<Read>>), Failure> {
+    ) -> Result<
+        (
+            db::Written,
+            redis::RedisResult<()>,
+            Option<redis::RedisResult<Read>>,
+        ),
+        Failure,
+    > {
         self.pg()?;
         // Never acknowledge what was not written: no client is a failure.
         let mut client = self
@@ -423,13 +445,17 @@ impl Sink {
             .ok_or_else(|| Failure::Pg("no PostgreSQL client".into()))?;
         let redis = &mut self.redis;
         let (name, batch) = (&self.setup.name, self.setup.config.batch);
-        let (written, next) = std::thread::scope(|scope| {
+        let (written, acked, next) = std::thread::scope(|scope| {
             let writer = scope.spawn(|| {
                 let written = db::write(&mut client, &read.orders);
                 (written, client)
             });
+            let acked = match &committed {
+                Some(done) => stream::ack(redis, goods, done.ids()),
+                None => Ok(()),
+            };
             let next = prefetch.then(|| stream::read_new(redis, goods, name, batch));
-            (writer.join(), next)
+            (writer.join(), acked, next)
         });
         let written = match written {
             Ok((written, client)) => {
@@ -439,7 +465,7 @@ impl Sink {
             // The writer panicked (a bug): a fresh client next time.
             Err(_) => return Err(Failure::Pg("the PostgreSQL writer panicked".into())),
         };
-        Ok((written, next))
+        Ok((written, acked, next))
     }
 
     /// Logs and counts what a read found that is not written.
@@ -492,8 +518,8 @@ impl Sink {
             };
             let pending: HashSet<String> =
                 stream::pending_ids(&mut self.redis, &goods).map_err(Failure::Redis)?;
-            let stored =
-                db::order_ids(self.pg()?, &goods.event_id, &goods.goods_id).map_err(pg_failed)?;
+            let stored = db::order_ids(self.pg()?.client(), &goods.event_id, &goods.goods_id)
+                .map_err(pg_failed)?;
             let mut after = "-".to_string();
             let mut repaired = 0;
             loop {
@@ -528,7 +554,8 @@ impl Sink {
                 );
                 self.metrics.sink_repaired(repaired);
             }
-            db::recount(self.pg()?, &goods.event_id, &goods.goods_id).map_err(pg_failed)?;
+            db::recount(self.pg()?.client(), &goods.event_id, &goods.goods_id)
+                .map_err(pg_failed)?;
         }
         Ok(())
     }
