@@ -105,7 +105,7 @@ pub(crate) struct Db {
     lock: Statement,
     /// The batch in binary `COPY` format.
     copy: Statement,
-    /// `sold` raised by the rows a batch inserted.
+    /// `sold` raised by the rows a batch inserted, and the reset line.
     raise: Statement,
 }
 
@@ -150,7 +150,8 @@ pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Db, String> {
     )?;
     let raise = prepare(
         "INSERT INTO seckill_goods (event_id, goods_id, sold) VALUES ($1, $2, $3)
-         ON CONFLICT (event_id, goods_id) DO UPDATE SET sold = seckill_goods.sold + EXCLUDED.sold",
+         ON CONFLICT (event_id, goods_id) DO UPDATE SET sold = seckill_goods.sold + EXCLUDED.sold
+         RETURNING orders_after",
     )?;
     Ok(Db {
         client,
@@ -244,29 +245,24 @@ fn after_line(floors: &Floors<'_>, o: &Order) -> bool {
     id_ms(&o.order_id) >= floor
 }
 
-/// Raises each goods' `sold` by its rows in `inserted`.
-fn raise_sold(
-    tx: &mut Transaction<'_>,
-    raise: &Statement,
-    inserted: &[Order],
-) -> Result<(), postgres::Error> {
+/// The batch as one `COPY`, in its own transaction; None (rolled back)
+/// when it needs the careful way. The goods rows come first, as in the
+/// careful way and a reset (see `lock_goods`): each is locked by raising its
+/// `sold` as if every order goes in, which also reads its reset line; the
+/// rollback undoes the raise when they do not.
+fn write_fresh(db: &mut Db, orders: &[Order]) -> Result<Option<Written>, postgres::Error> {
     let mut per_goods: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    for o in inserted {
+    for o in orders {
         *per_goods
             .entry((o.event_id.as_str(), o.goods_id.as_str()))
             .or_default() += 1;
     }
-    for ((event_id, goods_id), n) in per_goods {
-        tx.execute(raise, &[&event_id, &goods_id, &n])?;
-    }
-    Ok(())
-}
-
-/// The batch as one `COPY`, in its own transaction; None (rolled back)
-/// when it needs the careful way.
-fn write_fresh(db: &mut Db, orders: &[Order]) -> Result<Option<Written>, postgres::Error> {
     let mut tx = db.client.transaction()?;
-    let floors = lock_goods(&mut tx, &db.lock, orders)?;
+    let mut floors = Floors::new();
+    for ((event_id, goods_id), n) in per_goods {
+        let line: i64 = tx.query_one(&db.raise, &[&event_id, &goods_id, &n])?.get(0);
+        floors.insert((event_id, goods_id), line.max(0) as u64);
+    }
     if !orders.iter().all(|o| after_line(&floors, o)) {
         return Ok(None); // dropping `tx` rolls it back
     }
@@ -275,7 +271,6 @@ fn write_fresh(db: &mut Db, orders: &[Order]) -> Result<Option<Written>, postgre
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => return Ok(None),
         Err(e) => return Err(e),
     };
-    raise_sold(&mut tx, &db.raise, orders)?;
     tx.commit()?;
     Ok(Some(Written {
         inserted,
