@@ -645,3 +645,41 @@ fn dropping_a_goods_waits_for_its_orders_like_delete() {
     assert_eq!(redis.xlen_orders("e1", "g2"), 0, "g2's keys gone");
     assert_eq!(rows(&mut db, "g2"), 2, "its orders stay in PostgreSQL");
 }
+
+#[test]
+fn the_lag_counts_every_order_while_postgres_never_answered_and_redis_cannot_say() {
+    let redis = RedisServer::with_e1(&[("g1", 0)]);
+    let key = "seckill:{e1:g1}:orders";
+    backlog(&redis, "g1", "u", 2500);
+    // The group a sink that ran would have left (one entry delivered to
+    // it, not acknowledged), and an entry deleted after that one, before
+    // it was delivered: Redis then has no lag figure for the group (XINFO
+    // GROUPS says nil), so the sink counts the entries itself.
+    redis.cmd::<()>(&["XGROUP", "CREATE", key, "seckill-sink", "0"]);
+    redis.cmd::<redis::Value>(&[
+        "XREADGROUP",
+        "GROUP",
+        "seckill-sink",
+        "gone",
+        "COUNT",
+        "1",
+        "STREAMS",
+        key,
+        ">",
+    ]);
+    let first: Vec<Entry> = redis.cmd(&["XRANGE", key, "-", "+", "COUNT", "2"]);
+    redis.cmd::<i64>(&["XDEL", key, &first[1].0]);
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis.cmd(&["XINFO", "GROUPS", key]);
+    assert_eq!(groups[0].get("lag"), Some(&redis::Value::Nil), "{groups:?}");
+    // A PostgreSQL that has never answered: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut c = config(&redis);
+    c.sink.url = format!("postgres://postgres@127.0.0.1:{port}/nowhere");
+    let s = Seckill::start_ready(&c);
+    s.wait_metric("seckill_sink_lag_orders 2499", Duration::from_secs(5));
+    assert!(s.metric("seckill_sink_retries_total") >= 1.0);
+}

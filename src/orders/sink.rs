@@ -50,6 +50,9 @@ use crate::store::keys::{self, GoodsKeys};
 
 /// How often the goods are learnt again from `seckill:events`.
 const DISCOVER: Duration = Duration::from_secs(1);
+/// How often goods with no stream yet (no sale so far) are looked at
+/// again: a sale's first orders must not wait for the next discovery.
+const WAITING: Duration = Duration::from_millis(50);
 /// How often the lag is measured.
 const MEASURE: Duration = Duration::from_millis(250);
 /// Batches of one goods written in a row before the next goods' turn.
@@ -103,12 +106,21 @@ pub struct Sink {
     metrics: Metrics,
     stop: Arc<AtomicBool>,
     goods: Vec<Goods>,
+    // Known goods whose stream does not exist yet (nothing sold).
+    waiting: Vec<Goods>,
+    waited_at: Option<Instant>,
+    // The goods rows as the definitions say, from the last discovery.
+    defs: Vec<GoodsRow>,
     // The goods rows last written to `seckill_goods`, to write only changes.
     rows: HashMap<(String, String), GoodsRow>,
+    // Set when `defs` may differ from what PostgreSQL has.
+    rows_dirty: bool,
     discovered_at: Option<Instant>,
     claimed_at: Option<Instant>,
     reconciled_at: Option<Instant>,
     measured_at: Option<Instant>,
+    // The lag last measured (what the gauge shows).
+    lag: u64,
     // Goods whose key is bad (a wrong-type stream): skipped, logged once.
     broken: HashSet<String>,
     // Set while an outage lasts, so it is logged once.
@@ -133,11 +145,16 @@ impl Sink {
             metrics,
             stop,
             goods: Vec::new(),
+            waiting: Vec::new(),
+            waited_at: None,
+            defs: Vec::new(),
             rows: HashMap::new(),
+            rows_dirty: false,
             discovered_at: None,
             claimed_at: None,
             reconciled_at: None,
             measured_at: None,
+            lag: 0,
             broken: HashSet::new(),
             pg_down: false,
             redis_down: false,
@@ -214,20 +231,29 @@ impl Sink {
     /// One round over every goods; true when it found work.
     fn pass(&mut self) -> Result<bool, Failure> {
         let now = Instant::now();
+        if !self.waiting.is_empty() && due(self.waited_at, WAITING, now) {
+            if self.any_waiting_stream()? {
+                self.discovered_at = None;
+            }
+            self.waited_at = Some(now);
+        }
         if due(self.discovered_at, DISCOVER, now) {
             self.discover()?;
             self.discovered_at = Some(now);
+        }
+        // Measured before anything touches PostgreSQL, so an outage of it
+        // (also one since the start) shows as lag rising.
+        if due(self.measured_at, MEASURE, now) {
+            self.measure()?;
+            self.measured_at = Some(now);
+        }
+        if self.rows_dirty {
+            self.write_goods_rows()?;
         }
         let claim_every = (self.setup.config.claim_idle() / 2).max(Duration::from_millis(10));
         if due(self.claimed_at, claim_every, now) {
             self.claim_all()?;
             self.claimed_at = Some(now);
-        }
-        // Measured before the writes, so an outage of PostgreSQL shows as
-        // lag rising while every write fails.
-        if due(self.measured_at, MEASURE, now) {
-            self.measure()?;
-            self.measured_at = Some(now);
         }
         let mut worked = false;
         for goods in self.goods.clone() {
@@ -266,6 +292,7 @@ impl Sink {
                 }
                 // Goods rows may have changed while it was away.
                 self.rows.clear();
+                self.rows_dirty = true;
                 client
             }
         };
@@ -278,8 +305,9 @@ impl Sink {
         }
     }
 
-    /// Learns the goods from `seckill:events`, makes the group on each
-    /// stream that exists, and writes changed goods rows.
+    /// Learns the goods from `seckill:events` and makes the group on each
+    /// stream that exists (Redis only: `write_goods_rows` takes the rows
+    /// to PostgreSQL).
     fn discover(&mut self) -> Result<(), Failure> {
         let raw = redis::cmd("HGETALL")
             .arg(keys::EVENTS)
@@ -312,13 +340,15 @@ impl Sink {
         }
         goods.sort_by(|a, b| a.key.cmp(&b.key));
         let mut ready = Vec::with_capacity(goods.len());
+        let mut waiting = Vec::new();
         let mut broken = HashSet::new();
         for g in goods {
             match stream::ensure_group(&mut self.redis, &g.key) {
                 Ok(()) => ready.push(g),
-                // No sale made the stream yet: its group comes with the
-                // next discovery after the first sale (still at id 0).
-                Err(e) if is_no_stream(&e) => {}
+                // No sale made the stream yet: it is looked for every
+                // WAITING, and its group made once it is there (still at
+                // id 0: the first orders are in it).
+                Err(e) if is_no_stream(&e) => waiting.push(g),
                 // Redis itself failed: the whole pass waits.
                 Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                     return Err(Failure::Redis(e))
@@ -339,13 +369,38 @@ impl Sink {
         self.broken = broken;
         self.redis_ok();
         self.goods = ready;
-        for row in rows {
-            let key = (row.event_id.clone(), row.goods_id.clone());
-            if self.rows.get(&key) != Some(&row) {
-                db::upsert_goods(self.pg()?.client(), &row).map_err(pg_failed)?;
-                self.rows.insert(key, row);
-            }
+        self.waiting = waiting;
+        self.defs = rows;
+        self.rows_dirty = true;
+        Ok(())
+    }
+
+    /// Whether a stream appeared for some waiting goods (one round trip
+    /// for all of them).
+    fn any_waiting_stream(&mut self) -> Result<bool, Failure> {
+        let mut pipe = redis::pipe();
+        for g in &self.waiting {
+            pipe.cmd("EXISTS").arg(&g.key);
         }
+        let found = pipe.query::<Vec<bool>>(self.redis.get().map_err(Failure::Redis)?);
+        let found = self.redis.settle(found).map_err(Failure::Redis)?;
+        Ok(found.contains(&true))
+    }
+
+    /// Brings `seckill_goods` up to date with the definitions (only the
+    /// rows that changed), a reset included: before any batch of theirs.
+    fn write_goods_rows(&mut self) -> Result<(), Failure> {
+        for i in 0..self.defs.len() {
+            let row = &self.defs[i];
+            let key = (row.event_id.clone(), row.goods_id.clone());
+            if self.rows.get(&key) == Some(row) {
+                continue;
+            }
+            let row = row.clone();
+            db::upsert_goods(self.pg()?.client(), &row).map_err(pg_failed)?;
+            self.rows.insert(key, row);
+        }
+        self.rows_dirty = false;
         Ok(())
     }
 
@@ -374,6 +429,12 @@ impl Sink {
         self.redis_ok();
         if read.is_empty() {
             return Ok(false);
+        }
+        if self.lag == 0 {
+            // The gauge says caught up, measured when it was: new orders
+            // came since, and it must not read 0 while they are written.
+            self.measure()?;
+            self.measured_at = Some(Instant::now());
         }
         let mut read = read;
         // A backlog: while PostgreSQL writes one batch, the last one's XACK
@@ -575,6 +636,7 @@ impl Sink {
                 Err(_) => self.discovered_at = None,
             }
         }
+        self.lag = lag;
         self.metrics.sink_lag(lag);
         Ok(())
     }

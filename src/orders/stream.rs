@@ -308,16 +308,32 @@ pub(crate) fn unpersisted(conn: &mut LazyConn, goods: &Goods) -> redis::RedisRes
     Ok((info.pending + lag).max(0) as u64)
 }
 
-/// Entries after `last` (exclusive).
+/// Entries after `last` (exclusive), counted a page at a time so no reply
+/// holds the whole stream.
 fn after(conn: &mut LazyConn, goods: &Goods, last: &str) -> redis::RedisResult<i64> {
-    let reply = redis::cmd("XRANGE")
-        .arg(&goods.key)
-        .arg(format!("({last}"))
-        .arg("+")
-        .query::<Value>(conn.get()?);
-    match conn.settle(reply)? {
-        Value::Array(entries) => Ok(entries.len() as i64),
-        _ => Ok(0),
+    const PAGE: usize = 1000;
+    let mut from = last.to_string();
+    let mut n = 0;
+    loop {
+        let reply = redis::cmd("XRANGE")
+            .arg(&goods.key)
+            .arg(format!("({from}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query::<Value>(conn.get()?);
+        let Value::Array(entries) = conn.settle(reply)? else {
+            return Ok(n);
+        };
+        n += entries.len() as i64;
+        let last_id = match entries.last() {
+            Some(Value::Array(entry)) => entry.first().and_then(text),
+            _ => None,
+        };
+        match last_id {
+            Some(id) if entries.len() == PAGE => from = id,
+            _ => return Ok(n),
+        }
     }
 }
 
