@@ -33,3 +33,38 @@ need_postgres() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
   fi
 }
+
+# A private PostgreSQL cluster for the scripts (the tests have their own, in
+# tests/support/pg.rs). PostgreSQL refuses to run as root: as root its files
+# and its process belong to the postgres user, and DIR's parents must let
+# that user through.
+pg_bin() { dirname "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -n1)"; }
+as_pg() {
+  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+# pg_private_start DIR PORT [HOST]: the cluster in DIR/data (made on first
+# use: trust auth, user postgres), listening on HOST:PORT (127.0.0.1), its
+# socket and log in DIR; returns once it accepts connections.
+pg_private_start() {
+  local dir=$1 port=$2 host=${3:-127.0.0.1} bin
+  bin=$(pg_bin)
+  mkdir -p "$dir"
+  [[ $(id -u) -eq 0 ]] && chown postgres "$dir"
+  [[ -f $dir/data/PG_VERSION ]] || as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 >/dev/null
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -w \
+    -o "-p $port -k $dir -c listen_addresses=$host" start >/dev/null
+}
+# pg_private_stop DIR: a fast shutdown; quiet when it is not running.
+pg_private_stop() {
+  as_pg "$(pg_bin)/pg_ctl" -D "$1/data" -m fast stop >/dev/null 2>&1 || true
+}
+
+# free_port: a TCP port nothing listens on, below the ephemeral range
+# (32768+) so no outgoing connection takes it meanwhile.
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 12000))
+    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}

@@ -73,21 +73,13 @@ if [[ -n $sink_url ]]; then
     [[ $pport == "$pg_hostport" ]] && pport=5432
     pdb=${sink_url##*/}
     pdb=${pdb%%\?*}
-    pg_bin=$(dirname "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -n1)")
     pgdir=$PWD/$run/pg
-    as_pg=()
-    if [[ $(id -u) -eq 0 ]]; then
-      # PostgreSQL refuses root: its files and process belong to postgres.
-      as_pg=(runuser -u postgres --)
-      runuser -u postgres -- test -x "$PWD/$run" || pgdir=/tmp/seckill-run-pg
-      mkdir -p "$pgdir" && chown postgres "$pgdir"
-    fi
-    if [[ ! -f $pgdir/data/PG_VERSION ]]; then
-      "${as_pg[@]}" "$pg_bin/initdb" -D "$pgdir/data" -A trust -U postgres -E UTF8 >/dev/null
+    # As root, PostgreSQL runs as postgres, who must reach its directory.
+    if [[ $(id -u) -eq 0 ]] && ! runuser -u postgres -- test -x "$PWD/$run"; then
+      pgdir=/tmp/seckill-run-pg
     fi
     echo "no PostgreSQL at $phost:$pport: starting a private one (data $pgdir/data; log $pgdir/pg.log)" >&2
-    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/pg.log" -w \
-      -o "-p $pport -k $pgdir -c listen_addresses=$phost" start >/dev/null
+    pg_private_start "$pgdir" "$pport" "$phost"
     psql "postgres://postgres@$phost:$pport/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$pdb'" |
       grep -q 1 || psql "postgres://postgres@$phost:$pport/postgres" -qc "CREATE DATABASE $pdb" >/dev/null
   fi
