@@ -171,8 +171,11 @@ pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Db, String> {
 /// back, and the batch goes the careful way (`INSERT ... ON CONFLICT DO
 /// NOTHING`), as does a batch with orders below a reset's line. Measured
 /// here (1000 orders a batch): the write 6.8 ms instead of 9.7 ms, as the
-/// insert pays a speculative insertion on both unique keys for every row.
-/// Binary or text format made no difference; binary needs no escaping.
+/// insert pays a speculative insertion on both unique keys for every row;
+/// 5.5 ms once the statements were prepared once, the savepoint gone and
+/// the goods row locked by the raise itself (four round trips: BEGIN, the
+/// raise, the COPY, COMMIT). Binary or text format made no difference;
+/// binary needs no escaping.
 pub(crate) fn write(db: &mut Db, orders: &[Order]) -> Result<Written, postgres::Error> {
     if orders.is_empty() {
         return Ok(Written::default());

@@ -3,16 +3,21 @@
 //!
 //! One thread, one Redis connection, one PostgreSQL client (used by a
 //! short-lived scoped thread while the next batch is read). Each pass:
+//! 0. every `MEASURE`, set the lag gauge (before anything touches
+//!    PostgreSQL, so an outage of it shows as lag rising);
 //! 1. every second, learn the goods from `seckill:events`, make the group
 //!    on each stream that exists (at id `0`), and bring `seckill_goods` up
-//!    to date with the definitions;
+//!    to date with the definitions; a goods with no stream yet (nothing
+//!    sold) is looked at every 50 ms, so its first orders do not wait a
+//!    second;
 //! 2. every `claim_idle_ms / 2`, take over entries pending longer than
 //!    `claim_idle_ms` at another consumer (a sink that died);
 //! 3. for each goods, read this consumer's pending entries first, then new
 //!    ones (at most `sink.batch`, one stream per read), write them in one
-//!    transaction, and `XACK` them only after `COMMIT`; on a backlog, the
-//!    next batch (new entries only) is read while the last is written, up
-//!    to `DRAIN_TURN` batches before the next goods' turn;
+//!    transaction, and `XACK` them only after `COMMIT`; on a backlog, while
+//!    one batch is written the last one is acknowledged and the next (new
+//!    entries only) is read, up to `DRAIN_TURN` batches before the next
+//!    goods' turn;
 //! 4. every `reconcile_s`, the compensation scan: each stream's delivered
 //!    entries that are neither pending nor in PostgreSQL are written (and
 //!    counted as repaired), and `sold` is set to the row count.
