@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } = clap::Parser::parse();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let stock = Stock::new(1, 1.0);
-    stock.learn("e1", &goods, i64::MAX / 2, 1);
+    stock.learn("e1", &goods, i64::MAX / 2, 1, std::time::Instant::now());
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let (linger, _linger_thread) = Linger::start()?;

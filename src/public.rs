@@ -237,7 +237,12 @@ mod fixture {
         ) -> Result<(Public, Box<dyn Consumer>), String> {
             let stock = Stock::new(1, 1.0);
             let catalog = Arc::new(Catalog::default());
-            catalog.replace(Snapshot::build(defs, stocks.iter().copied(), &stock));
+            catalog.replace(Snapshot::build(
+                defs,
+                stocks.iter().copied(),
+                &stock,
+                std::time::Instant::now(),
+            ));
             let (queue, consumer) = queue::open("shop", &QueueConfig::default())?;
             let service = Public {
                 signer: Signer::new(secret),

@@ -14,7 +14,12 @@
 //!   or drop (anything else: the unit goes back and the uid leaves the
 //!   queued list);
 //! - a uid this node sold to, or whose attempt is still queued, never takes
-//!   from the share again.
+//!   from the share again;
+//! - no undersell: a share seen empty at every re-read for `REFILL_AFTER`
+//!   while Redis still has stock that none of this node's queued attempts
+//!   holds (another node died with its share, or the traffic went here)
+//!   takes a new one from that stock; a goods Redis has sold out stays
+//!   answered from memory.
 //!
 //! Never: calls Redis. `catalog` tells it what exists (`learn`, `retain`);
 //! `worker` tells it how a lease ended.
@@ -22,8 +27,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
+
+/// How long a share must have been seen empty, while Redis still has stock,
+/// before it is refilled (SPEC §4). The second keeps the shares exact in
+/// the first moments of a sale, when every node's share runs out at once.
+pub(crate) const REFILL_AFTER: Duration = Duration::from_secs(1);
 
 /// `ceil(stock × factor / nodes)`, never more than `stock`, never below 0.
 pub(crate) fn share_of(stock: i64, nodes: u64, factor: f64) -> i64 {
@@ -69,6 +80,9 @@ struct Share {
     // epoch (an admin reset) replaces the share and its user lists.
     epoch: u64,
     users: Mutex<Users>,
+    // When a re-read first saw the share empty while Redis had stock (None:
+    // not seen so). Only `learn` uses it.
+    empty_since: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -121,13 +135,23 @@ impl Stock {
     }
 
     /// Tells the table that goods exists with `redis_stock` left, as of stock
-    /// `epoch`. New goods, or a new epoch, get a fresh share; otherwise the
-    /// share is only lowered to what Redis still has (a sell-out elsewhere
-    /// reaches this node this way even if its pub/sub message was lost).
-    pub fn learn(&self, event_id: &str, goods_id: &str, redis_stock: i64, epoch: u64) {
+    /// `epoch`, read at `now`. New goods, or a new epoch, get a fresh share;
+    /// otherwise the share is lowered to what Redis still has (a sell-out
+    /// elsewhere reaches this node this way even if its pub/sub message was
+    /// lost), and a share that has stayed empty while Redis kept stock is
+    /// refilled (see `refill`).
+    pub fn learn(
+        &self,
+        event_id: &str,
+        goods_id: &str,
+        redis_stock: i64,
+        epoch: u64,
+        now: Instant,
+    ) {
         if let Some(share) = self.share(event_id, goods_id) {
             if share.epoch == epoch {
                 share.left.fetch_min(redis_stock.max(0), Ordering::AcqRel);
+                self.refill(&share, redis_stock, now);
                 return;
             }
         }
@@ -135,12 +159,49 @@ impl Stock {
             left: AtomicI64::new(share_of(redis_stock, self.nodes, self.factor)),
             epoch,
             users: Mutex::default(),
+            empty_since: Mutex::new(None),
         });
         self.goods
             .write()
             .entry(event_id.to_string())
             .or_default()
             .insert(goods_id.to_string(), fresh);
+    }
+
+    /// No undersell (SPEC §4): a share seen empty at every re-read for
+    /// `REFILL_AFTER` while Redis has stock beyond what this node's queued
+    /// attempts may still take gets a new share of that stock. The check
+    /// runs at each re-read (every 500 ms), so "empty for a second" is
+    /// "empty at the re-reads of a second"; a unit given back in between
+    /// that was taken again before the next re-read is not seen, which only
+    /// delays nothing: the share was in use. Shares stay a pre-filter:
+    /// Redis decides every sale, so a refill can over-admit (answered 1001
+    /// by Redis) but never oversell.
+    fn refill(&self, share: &Share, redis_stock: i64, now: Instant) {
+        let mut since = share.empty_since.lock();
+        // Attempts queued here hold units Redis still counts: not stranded.
+        let stranded = redis_stock - share.users.lock().queued.len() as i64;
+        if share.left.load(Ordering::Acquire) > 0 || stranded <= 0 {
+            *since = None;
+            return;
+        }
+        let Some(first) = *since else {
+            *since = Some(now);
+            return;
+        };
+        if now.saturating_duration_since(first) < REFILL_AFTER {
+            return;
+        }
+        let fresh = share_of(stranded, self.nodes, self.factor);
+        // Only an empty share: a unit given back since the load stays.
+        if share
+            .left
+            .compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            *since = None;
+            log::info!("stock: share empty for {REFILL_AFTER:?} while Redis has {redis_stock} left: a new share of {fresh}");
+        }
     }
 
     /// Forgets every goods for which `keep(event_id, goods_id)` is false.
@@ -246,7 +307,7 @@ mod tests {
 
     fn one_goods(stock: i64) -> Stock {
         let s = Stock::new(1, 1.0);
-        s.learn("e", "g", stock, 1);
+        s.learn("e", "g", stock, 1, Instant::now());
         s
     }
 
@@ -332,23 +393,109 @@ mod tests {
             panic!()
         };
         l.commit();
-        s.learn("e", "g", 3, 1);
+        let now = Instant::now();
+        s.learn("e", "g", 3, 1, now);
         assert_eq!(s.left("e", "g"), Some(3));
-        s.learn("e", "g", 50, 1);
+        s.learn("e", "g", 50, 1, now);
         assert_eq!(
             s.left("e", "g"),
             Some(3),
             "same epoch never raises the share"
         );
-        s.learn("e", "g", 50, 2);
+        s.learn("e", "g", 50, 2, now);
         assert_eq!(s.left("e", "g"), Some(50));
         assert!(s.try_take("e", "g", "a").is_ok(), "reset forgets buyers");
+    }
+
+    /// Takes every unit of e/g's share for fresh uids, committing each.
+    fn sell_share(s: &Stock, prefix: &str) -> usize {
+        let mut sold = 0;
+        while let Ok(lease) = s.try_take("e", "g", &format!("{prefix}{sold}")) {
+            lease.commit();
+            sold += 1;
+        }
+        sold
+    }
+
+    #[test]
+    fn an_empty_share_refills_after_a_second_while_redis_has_stock() {
+        // SPEC §4's case: 300 stock, 3 nodes, factor 1: this node's share
+        // is 100, and all the traffic comes here.
+        let s = Stock::new(3, 1.0);
+        let t0 = Instant::now();
+        s.learn("e", "g", 300, 1, t0);
+        assert_eq!(sell_share(&s, "a"), 100);
+        // Seen empty with 200 left in Redis: not yet (the first second of a
+        // sale keeps shares exact), and not at 999 ms either.
+        s.learn("e", "g", 200, 1, t0);
+        s.learn("e", "g", 200, 1, t0 + Duration::from_millis(500));
+        s.learn("e", "g", 200, 1, t0 + Duration::from_millis(999));
+        assert_eq!(s.left("e", "g"), Some(0));
+        // A second: ceil(200 × 1.0 / 3).
+        s.learn("e", "g", 200, 1, t0 + REFILL_AFTER);
+        assert_eq!(s.left("e", "g"), Some(67));
+        assert!(
+            matches!(s.try_take("e", "g", "a0"), Err(NoLease::AlreadyPurchased)),
+            "buyers are kept"
+        );
+        assert_eq!(sell_share(&s, "b"), 67);
+    }
+
+    #[test]
+    fn a_share_is_not_refilled_when_redis_is_sold_out_or_its_stock_is_queued_here() {
+        let s = Stock::new(1, 1.0);
+        let t0 = Instant::now();
+        s.learn("e", "g", 2, 1, t0);
+        let Ok(a) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        let Ok(b) = s.try_take("e", "g", "b") else {
+            panic!()
+        };
+        // Both units are queued here: Redis still counts them, but they are
+        // not stranded.
+        for ms in [0, 600, 1200, 5000] {
+            s.learn("e", "g", 2, 1, t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(s.left("e", "g"), Some(0));
+        a.commit();
+        b.commit();
+        // Truly sold out: answered from memory for good.
+        for ms in [6000, 7000, 9000] {
+            s.learn("e", "g", 0, 1, t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(s.left("e", "g"), Some(0));
+    }
+
+    #[test]
+    fn a_share_seen_non_empty_starts_the_second_again() {
+        let s = Stock::new(1, 1.0);
+        let t0 = Instant::now();
+        s.learn("e", "g", 1, 1, t0);
+        let Ok(a) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        s.learn("e", "g", 5, 1, t0); // empty; Redis has 5 (a top-up, say)
+        drop(a); // the unit comes back: not empty any more
+        s.learn("e", "g", 5, 1, t0 + Duration::from_millis(600));
+        let Ok(a) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        a.commit();
+        s.learn("e", "g", 4, 1, t0 + Duration::from_millis(1200));
+        assert_eq!(
+            s.left("e", "g"),
+            Some(0),
+            "empty since 1200 ms, not since 0"
+        );
+        s.learn("e", "g", 4, 1, t0 + Duration::from_millis(2200));
+        assert_eq!(s.left("e", "g"), Some(4));
     }
 
     #[test]
     fn retain_forgets_removed_goods() {
         let s = one_goods(10);
-        s.learn("e", "h", 10, 1);
+        s.learn("e", "h", 10, 1, Instant::now());
         s.retain(|_, g| g == "h");
         assert_eq!(s.left("e", "g"), None);
         assert_eq!(s.left("e", "h"), Some(10));

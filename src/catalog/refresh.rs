@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 
@@ -96,7 +96,7 @@ fn read(
             }
         });
     }
-    Ok(Snapshot::build(&defs, stocks, stock))
+    Ok(Snapshot::build(&defs, stocks, stock, Instant::now()))
 }
 
 /// Keeps the catalog and the stock table in step with Redis.

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -118,6 +119,7 @@ impl Snapshot {
         defs: &[EventDef],
         stocks: impl IntoIterator<Item = i64>,
         stock: &Stock,
+        now: Instant,
     ) -> Snapshot {
         let mut stocks = stocks.into_iter();
         let mut events = BTreeMap::new();
@@ -126,7 +128,7 @@ impl Snapshot {
             let mut goods_out = Vec::with_capacity(def.goods.len());
             for g in &def.goods {
                 let left = stocks.next().unwrap_or(0);
-                stock.learn(&def.event_id, &g.goods_id, left, g.epoch);
+                stock.learn(&def.event_id, &g.goods_id, left, g.epoch, now);
                 goods_out.push(GoodsOut {
                     goods_id: &g.goods_id,
                     name: &g.name,
@@ -170,8 +172,8 @@ mod tests {
         )
         .unwrap();
         let stock = Stock::new(1, 1.0);
-        stock.learn("old", "gone", 5, 0);
-        let snap = Snapshot::build(&[def], [7, 0], &stock);
+        stock.learn("old", "gone", 5, 0, Instant::now());
+        let snap = Snapshot::build(&[def], [7, 0], &stock, Instant::now());
         let view = &snap.events["e1"];
         assert_eq!((view.start_at, view.end_at), (5, 9));
         assert!(view.has_goods("g2") && !view.has_goods("g3"));
