@@ -8,6 +8,8 @@
 //!   ports come from the line it prints on stdout (it binds port 0).
 //! - `Client`: one TCP connection with read and write timeouts, so a bug
 //!   fails the test instead of hanging it.
+//! - `pg::PgServer`, `haproxy::Haproxy`: a private PostgreSQL and a private
+//!   haproxy (the shipped `deploy/haproxy.cfg`), each stopped by PID.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod haproxy;
 pub mod pg;
 
 use seckill::client::{self, ReadError};
@@ -572,6 +575,22 @@ impl Client {
             stream,
             buf: Vec::new(),
         }
+    }
+
+    /// A connection, or None when it cannot be made.
+    pub fn try_connect(addr: SocketAddr) -> Option<Client> {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+        stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+        Some(Client {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends `bytes`; None when the connection is gone.
+    pub fn try_send(&mut self, bytes: &[u8]) -> Option<()> {
+        self.stream.write_all(bytes).ok()
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
