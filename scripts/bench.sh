@@ -7,6 +7,10 @@
 #   close path   the same with Connection: close on every request
 #   sell-out     seckill bench: stock 10000, 100000 users, 256 connections,
 #                one request per connection; wins must equal the stock
+#   via-lb       the same sell-out through haproxy (deploy/haproxy.cfg) to
+#                three nodes (one event loop each, stock.nodes 3) on the same
+#                Redis, rounds interleaved with the direct ones: on two cores
+#                this is the cost of the hop, not scaling
 #   worker       the worker alone, queue kept full (examples/worker_alone),
 #                vs redis-benchmark -P 16 running the same Lua script
 #   memory       server RSS growth per idle keep-alive connection at 10 000
@@ -40,6 +44,8 @@ need redis-cli redis-tools
 need redis-benchmark redis-tools
 need wrk wrk
 need nginx nginx-light
+need haproxy haproxy
+need curl curl
 need psql postgresql-client
 need_postgres
 echo "building (release)..." >&2
@@ -79,8 +85,10 @@ STOCK=10000
 goods='{"goods_id":"g0","stock":0}'
 rcli set 'seckill:{e1:g0}:stock' 0 >/dev/null
 for r in $(seq "$ROUNDS"); do
-  rcli set "seckill:{e1:sell$r}:stock" "$STOCK" >/dev/null
-  goods+=",{\"goods_id\":\"sell$r\",\"stock\":$STOCK}"
+  for g in sell$r lb$r; do
+    rcli set "seckill:{e1:$g}:stock" "$STOCK" >/dev/null
+    goods+=",{\"goods_id\":\"$g\",\"stock\":$STOCK}"
+  done
 done
 rcli set 'seckill:{e1:w}:stock' 100000000 >/dev/null
 rcli set 'seckill:{e1:rb}:stock' 100000000 >/dev/null
@@ -180,21 +188,67 @@ for mode in keep close; do
   done
 done
 
-# ---- sell-out ----
-SO_RPS="" SO_P99="" SO_OK=1
-for r in $(seq "$ROUNDS"); do
-  out=$("$BIN" bench --url "http://127.0.0.1:$SPORT" --event e1 --goods "sell$r" --users 100000 \
-    --concurrency 256 --secret "$SECRET" --prefix "r${r}u" --json 2>/dev/null) || SO_OK=0
+# ---- three nodes behind haproxy, for the sell-out through the balancer ----
+LB_NODES=()
+for i in 1 2 3; do
+  port=$(free_port)
+  cat >"$RUN/node$i.toml" <<TOML
+[server]
+bind = "127.0.0.1:$port"
+threads = 1
+[admin]
+bind = "127.0.0.1:$(free_port)"
+[auth]
+secret = "$SECRET"
+[redis]
+url = "redis://127.0.0.1:$RPORT/"
+[queue.shop]
+rate = 0
+[stock]
+nodes = 3
+TOML
+  RUST_LOG=warn "$BIN" serve --config "$RUN/node$i.toml" >"$RUN/node$i.out" 2>"$RUN/node$i.log" &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$port" "$RUN/node$i.log"
+  LB_NODES+=("127.0.0.1:$port")
+done
+LBPORT=$(free_port)
+haproxy_config "$LBPORT" "${LB_NODES[@]}" >"$RUN/haproxy.cfg"
+haproxy -db -f "$RUN/haproxy.cfg" >/dev/null 2>"$RUN/haproxy.log" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$LBPORT" "$RUN/haproxy.log"
+for node in "${LB_NODES[@]}"; do # each node has read the catalog
+  for _ in $(seq 100); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$node/event/info?event_id=e1") == 200 ]] && break
+    sleep 0.05
+  done
+done
+
+# ---- sell-out: one node directly, and three through haproxy, interleaved ----
+declare -A SO_RPS SO_P99
+SO_OK=1
+sellout() { # name url goods round
+  local out rps p99 wins hlen xlen left ok=ok
+  out=$("$BIN" bench --url "$2" --event e1 --goods "$3" --users 100000 \
+    --concurrency 256 --secret "$SECRET" --prefix "$3u" --json 2>/dev/null) || SO_OK=0
   rps=$(sed -E 's/.*"rps":([0-9.]+).*/\1/' <<<"$out")
   p99=$(sed -E 's/.*"p99_ms":([0-9.]+).*/\1/' <<<"$out")
   wins=$(sed -E 's/.*"wins":([0-9]+).*/\1/' <<<"$out")
-  hlen=$(rcli hlen "seckill:{e1:sell$r}:buyers")
-  xlen=$(rcli xlen "seckill:{e1:sell$r}:orders")
-  left=$(rcli get "seckill:{e1:sell$r}:stock")
-  ok=ok
+  hlen=$(rcli hlen "seckill:{e1:$3}:buyers")
+  xlen=$(rcli xlen "seckill:{e1:$3}:orders")
+  left=$(rcli get "seckill:{e1:$3}:stock")
   [[ $wins == "$STOCK" && $hlen == "$STOCK" && $xlen == "$STOCK" && $left == 0 ]] || { ok=FAILED; SO_OK=0; }
-  SO_RPS+="$rps " SO_P99+="$p99 "
-  log "sell-out round $r: $rps req/s, p99 $p99 ms, wins $wins, HLEN $hlen, XLEN $xlen, stock $left: $ok"
+  SO_RPS[$1]+="$rps " SO_P99[$1]+="$p99 "
+  log "$1 round $4: $rps req/s, p99 $p99 ms, wins $wins, HLEN $hlen, XLEN $xlen, stock $left: $ok"
+}
+for r in $(seq "$ROUNDS"); do
+  if ((r % 2)); then
+    sellout direct "http://127.0.0.1:$SPORT" "sell$r" "$r"
+    sellout lb "http://127.0.0.1:$LBPORT" "lb$r" "$r"
+  else
+    sellout lb "http://127.0.0.1:$LBPORT" "lb$r" "$r"
+    sellout direct "http://127.0.0.1:$SPORT" "sell$r" "$r"
+  fi
 done
 
 # ---- memory per idle keep-alive connection, 10 000 of them ----
@@ -278,10 +332,14 @@ for mode in keep close; do
   [[ $mode == close ]] && name=close
   printf '%-10s %14.0f %14.0f %8s %10s ms %10s ms\n' "$name" "$s" "$n" "$(ratio "$s" "$n")" "$sp" "$np"
 done
-so=$(tr ' ' '\n' <<<"$SO_RPS" | grep . | median)
-sop=$(tr ' ' '\n' <<<"$SO_P99" | grep . | median)
-printf '%-10s %14.0f %14s %8s %10s ms   (stock %s, 100000 users, 256 conns; exact wins: %s)\n' \
+so=$(tr ' ' '\n' <<<"${SO_RPS[direct]}" | grep . | median)
+sop=$(tr ' ' '\n' <<<"${SO_P99[direct]}" | grep . | median)
+lb=$(tr ' ' '\n' <<<"${SO_RPS[lb]}" | grep . | median)
+lbp=$(tr ' ' '\n' <<<"${SO_P99[lb]}" | grep . | median)
+printf '%-10s %14.0f %14s %8s %10s ms   (stock %s, 100000 users, 256 conns, 1 node direct; exact wins: %s)\n' \
   sell-out "$so" - - "$sop" "$STOCK" "$([[ $SO_OK == 1 ]] && echo yes || echo NO)"
+printf '%-10s %14.0f %14.0f %8s %10s ms   (the same through haproxy to 3 nodes, vs direct req/s)\n' \
+  via-lb "$lb" "$so" "$(ratio "$lb" "$so")" "$lbp"
 printf '%-10s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\n' \
   worker "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
 printf '%-10s %14s %14s %8s   (RSS bytes per idle keep-alive connection, 10000 connections)\n' \

@@ -78,7 +78,7 @@ up() {
   secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-  local servers="" i port admin
+  local nodes=() i port admin
   for i in $(seq "$n"); do
     port=$(free_port)
     admin=$(free_port)
@@ -101,7 +101,7 @@ TOML
     fi
     setsid "$bin" serve --config "$dir/node$i.toml" </dev/null >"$dir/node$i.out" 2>"$dir/node$i.log" &
     started "node$i" $!
-    servers+="    server node$i 127.0.0.1:$port\n"
+    nodes+=("127.0.0.1:$port")
   done
   for i in $(seq "$n"); do
     for _ in $(seq 100); do grep -q 'listening on' "$dir/node$i.out" 2>/dev/null && break; sleep 0.05; done
@@ -110,11 +110,7 @@ TOML
 
   local lb
   lb=$(free_port)
-  awk -v bind="    bind 127.0.0.1:$lb" -v servers="$servers" '
-    $1 == "server" { next }
-    $1 == "bind" { print bind; next }
-    { print }
-    END { printf "%s", servers }' deploy/haproxy.cfg >"$dir/haproxy.cfg"
+  haproxy_config "$lb" "${nodes[@]}" >"$dir/haproxy.cfg"
   setsid haproxy -db -f "$dir/haproxy.cfg" </dev/null >/dev/null 2>"$dir/haproxy.log" &
   started haproxy $!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$lb") 2>/dev/null && break; sleep 0.05; done

@@ -68,3 +68,20 @@ free_port() {
     (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
+
+# haproxy_config PORT NODE_ADDR...: deploy/haproxy.cfg as shipped, listening
+# on 127.0.0.1:PORT, with one `server` line per node (host:port) instead of
+# its own; on stdout. (tests/support/haproxy.rs does the same for the tests.)
+haproxy_config() {
+  local port=$1 servers="" i=0 node
+  shift
+  for node in "$@"; do
+    i=$((i + 1))
+    servers+="    server node$i $node"$'\n'
+  done
+  awk -v bind="    bind 127.0.0.1:$port" -v servers="$servers" '
+    $1 == "server" { next }
+    $1 == "bind" { print bind; next }
+    { print }
+    END { printf "%s", servers }' deploy/haproxy.cfg
+}
