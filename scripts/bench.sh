@@ -17,7 +17,8 @@
 #                connections (examples/idle_conns)
 #   sink         seckill sink: a backlog of 100 000 stream entries into a
 #                private PostgreSQL, orders/s, vs psql's \copy of the same
-#                rows into a table with the same keys
+#                rows into a table with the same keys (medians of the rounds,
+#                each from empty tables)
 #
 # Options: --rounds N (3)  --duration S (5, per wrk run)  --connections N (64)
 #          --threads N (seckill server.threads; default 0 = one per core)
@@ -272,48 +273,59 @@ pg_private_start "$RUN/pg" "$PGPORT"
 trap 'pg_private_stop "$RUN/pg"; cleanup' EXIT
 PGURL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 SINK_N=100000
-goods+=',{"goods_id":"sink","stock":0}'
-printf '{"event_id":"e1","name":"bench","start_at":0,"end_at":4102444800,"goods":[%s]}' "$goods" |
-  rcli -x hset seckill:events e1 >/dev/null
-rcli eval "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'uid', 's' .. i, 'event_id', 'e1', 'goods_id', 'sink', 'ts_ms', '1') end" \
-  1 'seckill:{e1:sink}:orders' "$SINK_N" >/dev/null
+# Redis database 1 holds only this event: the sink carries every goods it
+# finds, and the sell-outs above left 60 000 orders of their own in db 0.
+sink_goods=""
+for r in $(seq "$ROUNDS"); do sink_goods+="{\"goods_id\":\"sink$r\",\"stock\":0},"; done
+printf '{"event_id":"e1","name":"bench","start_at":0,"end_at":4102444800,"goods":[%s]}' "${sink_goods%,}" |
+  rcli -n 1 -x hset seckill:events e1 >/dev/null
 cat >"$RUN/sink.toml" <<TOML
 [redis]
-url = "redis://127.0.0.1:$RPORT/"
+url = "redis://127.0.0.1:$RPORT/1"
 [sink]
 url = "$PGURL"
 TOML
-RUST_LOG=warn "$BIN" sink --config "$RUN/sink.toml" --name bench 2>"$RUN/sink.log" &
-SINKPID=$!
-PIDS+=($SINKPID)
-# The rate from the first rows seen to the last: the sink's start-up
-# (connect, schema, first discovery) is not the backlog's cost. One psql
-# session polls `sold` (raised in each batch's own transaction) every
-# 20 ms: a psql process and a count(*) per poll took a sixth of this
-# 2-core machine from the sink it measured.
-coproc POLL {
-  while sleep 0.02; do
-    echo "SELECT extract(epoch FROM clock_timestamp()), sold FROM seckill_goods WHERE event_id = 'e1' AND goods_id = 'sink';"
-  done | psql "$PGURL" -qAtF ' ' 2>/dev/null
-}
-r0=0 t0="" t1=""
-while read -r -t 60 t n <&"${POLL[0]}"; do
-  [[ -z $t0 && $n -gt 0 ]] && { r0=$n; t0=$t; }
-  [[ $n -ge $SINK_N ]] && { t1=$t; break; }
-  kill -0 $SINKPID 2>/dev/null || break
+SINK_RATES="" COPY_RATES=""
+for r in $(seq "$ROUNDS"); do
+  # Each round starts from empty tables, like the baseline's.
+  psql "$PGURL" -qc "DROP TABLE IF EXISTS seckill_orders, seckill_goods, seckill_order_conflicts, seckill_schema, bench_copy" 2>/dev/null
+  rcli -n 1 eval "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'uid', 's' .. i, 'event_id', 'e1', 'goods_id', ARGV[2], 'ts_ms', '1') end" \
+    1 "seckill:{e1:sink$r}:orders" "$SINK_N" "sink$r" >/dev/null
+  RUST_LOG=warn "$BIN" sink --config "$RUN/sink.toml" --name bench 2>"$RUN/sink.log" &
+  SINKPID=$!
+  PIDS+=($SINKPID)
+  # The rate from the first rows seen to the last: the sink's start-up
+  # (connect, schema, first discovery) is not the backlog's cost. One psql
+  # session polls `sold` (raised in each batch's own transaction) every
+  # 20 ms: a psql process and a count(*) per poll took a sixth of this
+  # 2-core machine from the sink it measured.
+  coproc POLL {
+    while sleep 0.02; do
+      echo "SELECT extract(epoch FROM clock_timestamp()), sold FROM seckill_goods WHERE event_id = 'e1' AND goods_id = 'sink$r';"
+    done | psql "$PGURL" -qAtF ' ' 2>/dev/null
+  }
+  r0=0 t0="" t1=""
+  while read -r -t 60 t n <&"${POLL[0]}"; do
+    [[ -z $t0 && $n -gt 0 ]] && { r0=$n; t0=$t; }
+    [[ $n -ge $SINK_N ]] && { t1=$t; break; }
+    kill -0 $SINKPID 2>/dev/null || break
+  done
+  { pkill -P "$POLL_PID"; kill "$POLL_PID"; } 2>/dev/null || true
+  [[ -n $t1 ]] || { echo "seckill sink did not finish its backlog; its log:" >&2; cat "$RUN/sink.log" >&2; exit 1; }
+  kill -TERM $SINKPID; wait $SINKPID 2>/dev/null || true
+  rate=$(awk -v n="$((SINK_N - r0))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+  # The baseline: the same rows, \copy'd into a table with the same keys.
+  psql "$PGURL" -qc "\copy (SELECT event_id, goods_id, order_id, uid, ts_ms FROM seckill_orders) TO '$RUN/orders.csv' CSV"
+  psql "$PGURL" -qc "CREATE TABLE bench_copy (LIKE seckill_orders INCLUDING ALL)"
+  t0=$(date +%s.%N)
+  psql "$PGURL" -qc "\copy bench_copy (event_id, goods_id, order_id, uid, ts_ms) FROM '$RUN/orders.csv' CSV"
+  t1=$(date +%s.%N)
+  copy=$(awk -v n="$SINK_N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+  SINK_RATES+="$rate " COPY_RATES+="$copy "
+  log "sink round $r: $rate orders/s from a $SINK_N backlog; psql \\copy: $copy rows/s"
 done
-{ pkill -P "$POLL_PID"; kill "$POLL_PID"; } 2>/dev/null || true
-[[ -n $t1 ]] || { echo "seckill sink did not finish its backlog; its log:" >&2; cat "$RUN/sink.log" >&2; exit 1; }
-kill -TERM $SINKPID; wait $SINKPID 2>/dev/null || true
-SINK_RATE=$(awk -v n="$((SINK_N - r0))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
-# The baseline: the same rows, \copy'd into a table with the same keys.
-psql "$PGURL" -qc "\copy (SELECT event_id, goods_id, order_id, uid, ts_ms FROM seckill_orders WHERE goods_id = 'sink') TO '$RUN/orders.csv' CSV"
-psql "$PGURL" -qc "CREATE TABLE bench_copy (LIKE seckill_orders INCLUDING ALL)"
-t0=$(date +%s.%N)
-psql "$PGURL" -qc "\copy bench_copy (event_id, goods_id, order_id, uid, ts_ms) FROM '$RUN/orders.csv' CSV"
-t1=$(date +%s.%N)
-COPY_RATE=$(awk -v n="$SINK_N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
-log "sink: $SINK_RATE orders/s from a $SINK_N backlog; psql \\copy: $COPY_RATE rows/s"
+SINK_RATE=$(tr ' ' '\n' <<<"$SINK_RATES" | grep . | median)
+COPY_RATE=$(tr ' ' '\n' <<<"$COPY_RATES" | grep . | median)
 
 # ---- the table ----
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
