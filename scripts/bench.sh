@@ -304,13 +304,15 @@ for r in $(seq "$ROUNDS"); do
       echo "SELECT extract(epoch FROM clock_timestamp()), sold FROM seckill_goods WHERE event_id = 'e1' AND goods_id = 'sink$r';"
     done | psql "$PGURL" -qAtF ' ' 2>/dev/null
   }
+  # Kept now: bash unsets POLL_PID once the coprocess has ended.
+  poll_pid=$POLL_PID
   r0=0 t0="" t1=""
   while read -r -t 60 t n <&"${POLL[0]}"; do
     [[ -z $t0 && $n -gt 0 ]] && { r0=$n; t0=$t; }
     [[ $n -ge $SINK_N ]] && { t1=$t; break; }
     kill -0 $SINKPID 2>/dev/null || break
   done
-  { pkill -P "$POLL_PID"; kill "$POLL_PID"; } 2>/dev/null || true
+  { pkill -P "$poll_pid"; kill "$poll_pid"; } 2>/dev/null || true
   [[ -n $t1 ]] || { echo "seckill sink did not finish its backlog; its log:" >&2; cat "$RUN/sink.log" >&2; exit 1; }
   kill -TERM $SINKPID; wait $SINKPID 2>/dev/null || true
   rate=$(awk -v n="$((SINK_N - r0))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
