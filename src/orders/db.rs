@@ -101,7 +101,7 @@ pub(crate) struct GoodsRow {
 /// then run).
 pub(crate) struct Db {
     client: Client,
-    /// The goods row, locked, and its reset line.
+    /// The goods row, locked (made first if missing), and its reset line.
     lock: Statement,
     /// The batch in binary `COPY` format.
     copy: Statement,
@@ -142,8 +142,13 @@ pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Db, String> {
         ));
     }
     let mut prepare = |sql: &str| client.prepare(sql).map_err(|e| explain(&e));
+    // An upsert, not SELECT ... FOR UPDATE: a goods row not there yet (a
+    // database restored from before the goods) is made and locked too,
+    // rather than read as "no lock, line 0".
     let lock = prepare(
-        "SELECT orders_after FROM seckill_goods WHERE event_id = $1 AND goods_id = $2 FOR UPDATE",
+        "INSERT INTO seckill_goods (event_id, goods_id) VALUES ($1, $2)
+         ON CONFLICT (event_id, goods_id) DO UPDATE SET sold = seckill_goods.sold
+         RETURNING orders_after",
     )?;
     let copy = prepare(
         "COPY seckill_orders (event_id, goods_id, order_id, uid, ts_ms) FROM STDIN (FORMAT binary)",
@@ -233,8 +238,8 @@ fn lock_goods<'a>(
         .map(|o| ((o.event_id.as_str(), o.goods_id.as_str()), 0))
         .collect();
     for (key, floor) in floors.iter_mut() {
-        let line: Option<i64> = tx.query_opt(lock, &[&key.0, &key.1])?.map(|r| r.get(0));
-        *floor = line.unwrap_or(0).max(0) as u64;
+        let line: i64 = tx.query_one(lock, &[&key.0, &key.1])?.get(0);
+        *floor = line.max(0) as u64;
     }
     Ok(floors)
 }

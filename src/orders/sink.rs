@@ -285,7 +285,8 @@ impl Sink {
         let mut found = Found::Nothing;
         for goods in self.goods.clone() {
             if self.stopped() {
-                break;
+                // SIGTERM: no scan or measure after the batch in hand.
+                return Ok(found);
             }
             found = found.max(self.drain(&goods)?);
         }
@@ -480,12 +481,17 @@ impl Sink {
             }
             let prefetch = full && turn + 1 < DRAIN_TURN;
             let (written, acked, next) =
-                self.write_while_reading(goods, &read, committed.take(), prefetch)?;
-            // Counted once the batch is in: a retried batch counts once.
-            self.note_skipped(goods, &read);
+                self.write_while_reading(goods, &read, committed.as_ref(), prefetch)?;
+            // Counted by the rows it inserted: a batch written again
+            // after a failure inserts none.
             self.metrics.sink_persisted(written.inserted);
             self.metrics.sink_conflicts(written.conflicts);
             acked.map_err(Failure::Redis)?;
+            // What the acknowledged batch skipped is told once: a batch
+            // read again after a failed XACK is not counted twice.
+            if let Some(done) = committed.take() {
+                self.note_skipped(goods, &done);
+            }
             // Acknowledged only after COMMIT (with the next write, or
             // below): a crash before leaves them pending.
             committed = Some(read);
@@ -505,6 +511,7 @@ impl Sink {
         }
         if let Some(done) = committed {
             stream::ack(&mut self.redis, goods, done.ids()).map_err(Failure::Redis)?;
+            self.note_skipped(goods, &done);
         }
         match failed {
             Some(e) => Err(Failure::Redis(e)),
@@ -521,7 +528,7 @@ impl Sink {
         &mut self,
         goods: &Goods,
         read: &Read,
-        committed: Option<Read>,
+        committed: Option<&Read>,
         prefetch: bool,
     ) -> Result<
         (
@@ -544,7 +551,7 @@ impl Sink {
                 let written = db::write(&mut client, &read.orders);
                 (written, client)
             });
-            let acked = match &committed {
+            let acked = match committed {
                 Some(done) => stream::ack(redis, goods, done.ids()),
                 None => Ok(()),
             };
