@@ -31,6 +31,9 @@ down() {
   [[ -f $pids ]] || { echo "nothing is up (no $pids)" >&2; return 0; }
   # haproxy first, so no new request reaches a stopping node.
   tac "$pids" | while read -r name pid; do
+    # Only what `up` started: a stale file (a reboot since) must not name
+    # some other process that got the PID.
+    grep -qaE 'redis-server|seckill|haproxy' "/proc/$pid/cmdline" 2>/dev/null || continue
     kill -TERM "$pid" 2>/dev/null || continue
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     kill -KILL "$pid" 2>/dev/null && echo "$name ($pid) did not stop in 5 s: killed" >&2
@@ -78,16 +81,16 @@ up() {
   secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-  local nodes=() i port admin
+  # The nodes bind port 0 and say which port they got: no two can race
+  # for one.
+  local nodes=() i
   for i in $(seq "$n"); do
-    port=$(free_port)
-    admin=$(free_port)
     cat >"$dir/node$i.toml" <<TOML
 [server]
-bind = "127.0.0.1:$port"
+bind = "127.0.0.1:0"
 threads = 1
 [admin]
-bind = "127.0.0.1:$admin"
+bind = "127.0.0.1:0"
 key = "$key"
 [auth]
 secret = "$secret"
@@ -101,11 +104,11 @@ TOML
     fi
     setsid "$bin" serve --config "$dir/node$i.toml" </dev/null >"$dir/node$i.out" 2>"$dir/node$i.log" &
     started "node$i" $!
-    nodes+=("127.0.0.1:$port")
   done
   for i in $(seq "$n"); do
     for _ in $(seq 100); do grep -q 'listening on' "$dir/node$i.out" 2>/dev/null && break; sleep 0.05; done
     grep -q 'listening on' "$dir/node$i.out" || { cat "$dir/node$i.log" >&2; false; }
+    nodes+=("$(grep -o 'http://[^ )]*' "$dir/node$i.out" | sed -n 1p | sed 's#^http://##')")
   done
 
   local lb
@@ -114,6 +117,7 @@ TOML
   setsid haproxy -db -f "$dir/haproxy.cfg" </dev/null >/dev/null 2>"$dir/haproxy.log" &
   started haproxy $!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$lb") 2>/dev/null && break; sleep 0.05; done
+  (exec 3<>"/dev/tcp/127.0.0.1/$lb") 2>/dev/null || { cat "$dir/haproxy.log" >&2; false; }
 
   local admin1
   admin1=$(grep -o 'http://[^ )]*' "$dir/node1.out" | sed -n 2p)
