@@ -189,10 +189,11 @@ impl Admin {
                 // tell the two sales' orders apart.
                 let epoch: u64 = redis::cmd("EVAL")
                     .arg(RESET_SCRIPT)
-                    .arg(3)
+                    .arg(4)
                     .arg(&k.stock)
                     .arg(&k.buyers)
                     .arg(&k.orders)
+                    .arg(&k.reset)
                     .arg(g.stock)
                     .arg(now_ms)
                     .query(conn)?;
@@ -327,7 +328,10 @@ impl Admin {
             pipe.atomic();
             for g in goods {
                 let k = GoodsKeys::new(event_id, g);
-                pipe.del(&k.stock).del(&k.buyers).del(&k.orders);
+                pipe.del(&k.stock)
+                    .del(&k.buyers)
+                    .del(&k.orders)
+                    .del(&k.reset);
             }
             if with_event {
                 pipe.hdel(keys::EVENTS, event_id);

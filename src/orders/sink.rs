@@ -403,6 +403,46 @@ impl Sink {
         Ok(())
     }
 
+    /// A reset's line, from the goods' own `reset` key (the reset script
+    /// writes it in the same step as the new stream), taken to PostgreSQL
+    /// before the orders just read are written. The event's new definition
+    /// says the same, but comes with the next discovery, up to a second
+    /// later; meanwhile a buyer of the old sale who buys again would find
+    /// their old row and their new order would land among the conflicts.
+    /// One GET per turn of a goods that has orders.
+    fn learn_reset(&mut self, goods: &Goods) -> Result<(), Failure> {
+        let key = GoodsKeys::new(&goods.event_id, &goods.goods_id).reset;
+        let line = redis::cmd("GET")
+            .arg(&key)
+            .query::<Option<i64>>(self.redis.get().map_err(Failure::Redis)?);
+        let line = match self.redis.settle(line) {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            // Not a number (written by hand): the definition's line holds.
+            Err(e) if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) => {
+                return Ok(())
+            }
+            Err(e) => return Err(Failure::Redis(e)),
+        };
+        let id = (goods.event_id.clone(), goods.goods_id.clone());
+        let known = self.rows.get(&id).or_else(|| {
+            self.defs
+                .iter()
+                .find(|r| r.event_id == id.0 && r.goods_id == id.1)
+        });
+        let Some(known) = known else {
+            return Ok(()); // not a goods of a definition: never written
+        };
+        if known.orders_after >= line {
+            return Ok(());
+        }
+        let mut row = known.clone();
+        row.orders_after = line;
+        db::upsert_goods(self.pg()?.client(), &row).map_err(pg_failed)?;
+        self.rows.insert(id, row);
+        Ok(())
+    }
+
     /// Whether a stream appeared for some waiting goods (one round trip
     /// for all of them).
     fn any_waiting_stream(&mut self) -> Result<bool, Failure> {
@@ -419,12 +459,16 @@ impl Sink {
     /// rows that changed), a reset included: before any batch of theirs.
     fn write_goods_rows(&mut self) -> Result<(), Failure> {
         for i in 0..self.defs.len() {
-            let row = &self.defs[i];
+            let mut row = self.defs[i].clone();
             let key = (row.event_id.clone(), row.goods_id.clone());
-            if self.rows.get(&key) == Some(row) {
-                continue;
+            // A line learnt from the reset key stays, should the
+            // definition not carry it (yet).
+            if let Some(known) = self.rows.get(&key) {
+                row.orders_after = row.orders_after.max(known.orders_after);
+                if *known == row {
+                    continue;
+                }
             }
-            let row = row.clone();
             db::upsert_goods(self.pg()?.client(), &row).map_err(pg_failed)?;
             self.rows.insert(key, row);
         }
@@ -465,6 +509,7 @@ impl Sink {
             self.measure()?;
             self.measured_at = Some(Instant::now());
         }
+        self.learn_reset(goods)?;
         let mut read = read;
         // A backlog: while PostgreSQL writes one batch, the last one's XACK
         // goes out and the next batch is read from Redis (new entries only:

@@ -31,6 +31,12 @@ pub(crate) struct GoodsKeys {
     pub(crate) buyers: String,
     /// Stream: one entry per sale; the entry id is the order_id.
     pub(crate) orders: String,
+    /// String: the last reset's line E (ms), written by the reset script
+    /// in the same step as the new stream: every order of the sale since
+    /// has a stream id above E-0. Absent: never reset. Not in SPEC §3's
+    /// table: the sink reads it to learn of a reset before the event's new
+    /// definition (see `orders::sink`).
+    pub(crate) reset: String,
 }
 
 impl GoodsKeys {
@@ -41,6 +47,7 @@ impl GoodsKeys {
             stock: format!("{tag}:stock"),
             buyers: format!("{tag}:buyers"),
             orders: format!("{tag}:orders"),
+            reset: format!("{tag}:reset"),
         }
     }
 }
