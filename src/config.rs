@@ -85,6 +85,9 @@ pub struct AuthConfig {
 pub struct RedisConfig {
     /// `redis://host:port/db`.
     pub url: String,
+    /// Redis Cluster seed nodes (SPEC §5); non-empty: cluster mode. Not
+    /// spoken yet: a non-empty list stops start-up with a message.
+    pub nodes: Vec<String>,
     /// Connect, read and write timeout of every Redis call.
     pub timeout_ms: u64,
 }
@@ -218,6 +221,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379/".to_string(),
+            nodes: Vec::new(),
             timeout_ms: 500,
         }
     }
@@ -391,6 +395,11 @@ impl Config {
                 )));
             }
         }
+        if !self.redis.nodes.is_empty() {
+            return Err(ConfigError(
+                "redis.nodes: this build does not speak Redis Cluster yet; leave it empty and set redis.url to one Redis".into(),
+            ));
+        }
         let factor = self.stock.factor;
         if !(factor.is_finite() && (1.0..=1000.0).contains(&factor)) {
             return Err(ConfigError(format!(
@@ -512,6 +521,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.redis.timeout_ms, 1);
+    }
+
+    #[test]
+    fn redis_nodes_is_a_known_key_refused_with_a_message_until_cluster_mode_exists() {
+        assert!(Config::parse("[redis]\nnodes = []\n").is_ok());
+        let e = Config::parse("[redis]\nnodes = [\"redis://127.0.0.1:7000\"]\n")
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("redis.nodes: "), "{e}");
+        assert!(e.contains("Redis Cluster"), "{e}");
     }
 
     #[test]
