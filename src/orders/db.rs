@@ -222,10 +222,10 @@ type Floors<'a> = BTreeMap<(&'a str, &'a str), u64>;
 
 /// Locks the goods rows of `orders` and reads their reset lines: orders of
 /// the sale before a reset are never written once the reset is known here.
-/// The lock (FOR UPDATE: the batch raises `sold` anyway, and two sinks
-/// holding a shared lock while each waits to update would deadlock) is
-/// taken before any row is written and in key order, so two sinks never
-/// wait on each other's rows; and a reset (`upsert_goods`, same lock)
+/// The lock (an exclusive row lock, the upsert's: the batch raises `sold`
+/// anyway, and two sinks holding a shared lock while each waits to update
+/// would deadlock) is taken before any row is written and in key order, so
+/// two sinks never wait on each other's rows; and a reset (`upsert_goods`, same lock)
 /// waits for this batch and then deletes what it wrote below the line, or
 /// runs first and this batch sees the new line.
 fn lock_goods<'a>(
