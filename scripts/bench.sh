@@ -98,11 +98,11 @@ printf '{"event_id":"e1","name":"bench","start_at":0,"end_at":4102444800,"goods"
 
 # ---- seckill ----
 SECRET=bench-secret
-SPORT=$(free_port)
-cat >"$RUN/seckill.toml" <<TOML
+node_config() { # port threads nodes: a node on this Redis, queue unpaced
+  cat <<TOML
 [server]
-bind = "127.0.0.1:$SPORT"
-threads = $THREADS
+bind = "127.0.0.1:$1"
+threads = $2
 [admin]
 bind = "127.0.0.1:$(free_port)"
 [auth]
@@ -111,7 +111,12 @@ secret = "$SECRET"
 url = "redis://127.0.0.1:$RPORT/"
 [queue.shop]
 rate = 0
+[stock]
+nodes = $3
 TOML
+}
+SPORT=$(free_port)
+node_config "$SPORT" "$THREADS" 1 >"$RUN/seckill.toml"
 RUST_LOG=warn "$BIN" serve --config "$RUN/seckill.toml" >"$RUN/seckill.out" 2>"$RUN/seckill.log" &
 SPID=$!
 PIDS+=($SPID)
@@ -193,21 +198,7 @@ done
 LB_NODES=()
 for i in 1 2 3; do
   port=$(free_port)
-  cat >"$RUN/node$i.toml" <<TOML
-[server]
-bind = "127.0.0.1:$port"
-threads = 1
-[admin]
-bind = "127.0.0.1:$(free_port)"
-[auth]
-secret = "$SECRET"
-[redis]
-url = "redis://127.0.0.1:$RPORT/"
-[queue.shop]
-rate = 0
-[stock]
-nodes = 3
-TOML
+  node_config "$port" 1 3 >"$RUN/node$i.toml"
   RUST_LOG=warn "$BIN" serve --config "$RUN/node$i.toml" >"$RUN/node$i.out" 2>"$RUN/node$i.log" &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$port" "$RUN/node$i.log"

@@ -361,26 +361,32 @@ fn admin_delete(s: &Seckill, path: &str) -> support::Response {
     s.admin_client().request("DELETE", path, Some(&auth), None)
 }
 
+/// A node with a sink into database `db`: "a" buys `goods` and the order
+/// is seen persisted (so the sink has discovered the goods), then
+/// PostgreSQL stops and "b" buys it too: one order not persisted.
+fn one_order_not_persisted(redis: &RedisServer, goods: &str, db: &str) -> (PgServer, Seckill) {
+    let mut pg = PgServer::start();
+    let s = Seckill::start_ready(&sink_config(redis, &pg, db));
+    let mut client = pg.client(db);
+    s.client()
+        .buy("a", "e1", goods)
+        .assert(200, 0, "ok", "close");
+    eventually(Duration::from_secs(10), "persisted", || {
+        rows(&mut client, goods) == 1
+    });
+    drop(client);
+    pg.stop();
+    s.client()
+        .buy("b", "e1", goods)
+        .assert(200, 0, "ok", "close");
+    (pg, s)
+}
+
 #[test]
 fn delete_keeps_persisted_orders_and_refuses_while_some_are_not() {
     let redis = RedisServer::with_e1(&[("g1", 10)]);
-    let mut pg = PgServer::start();
-    let c = sink_config(&redis, &pg, "deleting");
-    let s = Seckill::start_ready(&c);
-    let mut db = pg.client("deleting");
-    s.client()
-        .buy("a", "e1", "g1")
-        .assert(200, 0, "ok", "close");
-    eventually(Duration::from_secs(10), "persisted", || {
-        rows(&mut db, "g1") == 1
-    });
-    drop(db);
-
     // PostgreSQL away: a new order cannot be persisted, so no delete.
-    pg.stop();
-    s.client()
-        .buy("b", "e1", "g1")
-        .assert(200, 0, "ok", "close");
+    let (mut pg, s) = one_order_not_persisted(&redis, "g1", "deleting");
     let r = admin_delete(&s, "/admin/events/e1");
     r.assert(409, 4009, "orders not persisted", "keep-alive");
     assert_eq!(redis.xlen_orders("e1", "g1"), 2, "nothing deleted");
@@ -606,23 +612,7 @@ fn a_crash_between_commit_and_xack_replays_without_counting_twice() {
 #[test]
 fn dropping_a_goods_waits_for_its_orders_like_delete() {
     let redis = RedisServer::with_e1(&[("g1", 10), ("g2", 10)]);
-    let mut pg = PgServer::start();
-    let c = sink_config(&redis, &pg, "dropping");
-    let s = Seckill::start_ready(&c);
-    let mut db = pg.client("dropping");
-    // Wait for the sink's first discovery (its group on g2 comes after the
-    // first sale of g2, so make one and see it persisted).
-    s.client()
-        .buy("a", "e1", "g2")
-        .assert(200, 0, "ok", "close");
-    eventually(Duration::from_secs(10), "persisted", || {
-        rows(&mut db, "g2") == 1
-    });
-    drop(db);
-    pg.stop();
-    s.client()
-        .buy("b", "e1", "g2")
-        .assert(200, 0, "ok", "close");
+    let (mut pg, s) = one_order_not_persisted(&redis, "g2", "dropping");
     let auth = format!("Bearer {}", support::ADMIN_KEY);
     let only_g1 = format!(
         r#"{{"event_id":"e1","name":"test","start_at":0,"end_at":{FAR},"goods":[{{"goods_id":"g1","stock":10}}]}}"#
