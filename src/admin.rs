@@ -38,7 +38,7 @@ use crate::metrics::{Metrics, RouteLabel};
 use crate::orders::stream::{self, Goods, Unpersisted};
 use crate::route::{self, Route, RouteError};
 use crate::service::{Answer, Now, Reply, Service};
-use crate::store::conn::LazyConn;
+use crate::store::access::{Endpoint, Redis};
 use crate::store::keys::valid_id;
 use crate::store::keys::{self, GoodsKeys};
 use crate::store::RESET_SCRIPT;
@@ -46,7 +46,7 @@ use crate::store::RESET_SCRIPT;
 /// The admin listener's service.
 pub(crate) struct Admin {
     key: String,
-    conn: LazyConn,
+    conn: Redis,
     clock: std::sync::Arc<dyn Clock>,
     metrics: Metrics,
     // A sink is configured: orders outlive a `DELETE` in PostgreSQL.
@@ -106,10 +106,10 @@ impl From<redis::RedisError> for Fail {
 type AdminResult = Result<Option<String>, Fail>;
 
 impl Admin {
-    /// An admin service with bearer `key`, talking to Redis at `url`.
+    /// An admin service with bearer `key`, talking to Redis at `endpoint`.
     pub(crate) fn new(
         key: String,
-        url: &str,
+        endpoint: &Endpoint,
         timeout: Duration,
         clock: std::sync::Arc<dyn Clock>,
         metrics: Metrics,
@@ -117,7 +117,7 @@ impl Admin {
     ) -> Result<Self, String> {
         Ok(Admin {
             key,
-            conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
+            conn: Redis::open(endpoint, timeout).map_err(|e| format!("redis: {e}"))?,
             clock,
             metrics,
             sink,
@@ -135,15 +135,10 @@ impl Admin {
         Ok(())
     }
 
-    fn redis(&mut self) -> Result<&mut redis::Connection, Fail> {
-        Ok(self.conn.get()?)
-    }
-
     fn stored(&mut self, event_id: &str) -> Result<Option<EventDef>, Fail> {
-        let raw: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(keys::EVENTS)
-            .arg(event_id)
-            .query(self.redis()?)?;
+        let raw: Option<Vec<u8>> = self
+            .conn
+            .query(redis::cmd("HGET").arg(keys::EVENTS).arg(event_id))?;
         Ok(raw.and_then(|r| serde_json::from_slice(&r).ok()))
     }
 
@@ -179,7 +174,7 @@ impl Admin {
             let ids: Vec<&str> = dropped.iter().map(|g| g.goods_id.as_str()).collect();
             self.remove(&def.event_id, &ids, false, false)?;
         }
-        let conn = self.redis()?;
+        let conn = &mut self.conn;
         for g in &mut def.goods {
             let k = GoodsKeys::new(&def.event_id, &g.goods_id);
             let old = old_goods.iter().find(|o| o.goods_id == g.goods_id);
@@ -187,25 +182,23 @@ impl Admin {
                 // One script: the old sale's keys go, the new stream starts
                 // above the returned epoch (see reset.lua), so the sink can
                 // tell the two sales' orders apart.
-                let epoch: u64 = redis::cmd("EVAL")
-                    .arg(RESET_SCRIPT)
-                    .arg(4)
-                    .arg(&k.stock)
-                    .arg(&k.buyers)
-                    .arg(&k.orders)
-                    .arg(&k.reset)
-                    .arg(g.stock)
-                    .arg(now_ms)
-                    .query(conn)?;
+                let epoch: u64 = conn.query(
+                    redis::cmd("EVAL")
+                        .arg(RESET_SCRIPT)
+                        .arg(4)
+                        .arg(&k.stock)
+                        .arg(&k.buyers)
+                        .arg(&k.orders)
+                        .arg(&k.reset)
+                        .arg(g.stock)
+                        .arg(now_ms),
+                )?;
                 g.epoch = epoch;
                 g.orders_after = epoch;
                 continue;
             }
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&k.stock)
-                .arg(g.stock)
-                .arg("NX")
-                .query(conn)?;
+            let set: Option<String> =
+                conn.query(redis::cmd("SET").arg(&k.stock).arg(g.stock).arg("NX"))?;
             g.epoch = if set.is_some() {
                 now_ms
             } else {
@@ -214,18 +207,18 @@ impl Admin {
             g.orders_after = old.map_or(0, |o| o.orders_after);
         }
         let json = serde_json::to_string(&def).map_err(|_| Fail::Body(BadAttempt))?;
-        redis::cmd("HSET")
-            .arg(keys::EVENTS)
-            .arg(&def.event_id)
-            .arg(&json)
-            .query::<()>(conn)?;
+        conn.query::<()>(
+            redis::cmd("HSET")
+                .arg(keys::EVENTS)
+                .arg(&def.event_id)
+                .arg(&json),
+        )?;
         publish(conn, "put", &def.event_id)?;
         self.get(&def.event_id)
     }
 
     fn get(&mut self, event_id: &str) -> AdminResult {
         let def = self.stored(event_id)?.ok_or(NO_EVENT)?;
-        let conn = self.redis()?;
         let mut pipe = redis::pipe();
         for g in &def.goods {
             let k = GoodsKeys::new(&def.event_id, &g.goods_id);
@@ -234,7 +227,7 @@ impl Admin {
         let counts: Vec<(Option<i64>, i64)> = if def.goods.is_empty() {
             Vec::new()
         } else {
-            pipe.query(conn)?
+            self.conn.query_pipe(&pipe)?
         };
         let goods: Vec<serde_json::Value> = def
             .goods
@@ -269,7 +262,7 @@ impl Admin {
         let def = self.stored(event_id)?.ok_or(NO_EVENT)?;
         let goods: Vec<&str> = def.goods.iter().map(|g| g.goods_id.as_str()).collect();
         self.remove(event_id, &goods, true, force)?;
-        publish(self.redis()?, "delete", event_id)?;
+        publish(&mut self.conn, "delete", event_id)?;
         Ok(None)
     }
 
@@ -277,10 +270,12 @@ impl Admin {
     /// `with_event`). With a sink, first waits up to `DELETE_WAIT` for
     /// their orders to be persisted (acknowledged by the sink's group) and
     /// refuses with nothing deleted when some are not, unless `force`.
-    /// The event keeps selling meanwhile: the streams are watched from the
-    /// check to the delete, and a sale in between aborts the delete and
-    /// checks again, so no order sold after the check is deleted
-    /// unpersisted.
+    /// The event keeps selling meanwhile: each goods' stream is watched
+    /// from its last check to its delete, and a sale in between aborts that
+    /// delete and checks again, so no order sold after the check is deleted
+    /// unpersisted. Goods are deleted one at a time (on a Redis Cluster
+    /// each lives on its own master, and a transaction stays on one); the
+    /// event goes last.
     fn remove(
         &mut self,
         event_id: &str,
@@ -297,59 +292,79 @@ impl Admin {
             })
             .collect();
         let until = std::time::Instant::now() + DELETE_WAIT;
-        loop {
-            if self.sink && !force {
-                let mut watch = redis::cmd("WATCH");
-                for s in &streams {
-                    watch.arg(&s.key);
-                }
-                if !streams.is_empty() {
-                    watch.query::<()>(self.redis()?)?;
-                }
-                let left = self.unpersisted(&streams)?;
-                if left > 0 {
-                    redis::cmd("UNWATCH").query::<()>(self.redis()?)?;
-                    if std::time::Instant::now() >= until {
-                        return Err(Fail::Unpersisted(Unpersisted(left)));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            } else if self.sink {
-                let left = self.unpersisted(&streams)?;
-                if left > 0 {
-                    log::warn!(
-                        "admin: event {event_id} deleted with force: {left} orders were not persisted"
-                    );
-                }
+        // Every goods persisted first, so that a refusal deletes nothing.
+        while self.sink {
+            let left = self.unpersisted(&streams)?;
+            if left == 0 {
+                break;
             }
-            let conn = self.redis()?;
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for g in goods {
-                let k = GoodsKeys::new(event_id, g);
-                pipe.del(&k.stock)
+            if force {
+                log::warn!(
+                    "admin: event {event_id} deleted with force: {left} orders were not persisted"
+                );
+                break;
+            }
+            if std::time::Instant::now() >= until {
+                return Err(Fail::Unpersisted(Unpersisted(left)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let watching = self.sink && !force;
+        for s in &streams {
+            let k = GoodsKeys::new(event_id, &s.goods_id);
+            let at = s.key.as_bytes();
+            loop {
+                // WATCH, the check and MULTI/EXEC all go to the master of
+                // the goods' slot, on one connection: a failure in between
+                // ends the delete (`?`), so EXEC never runs unwatched.
+                if watching {
+                    self.conn.query::<()>(redis::cmd("WATCH").arg(&s.key))?;
+                    let left = stream::unpersisted(&mut self.conn, s)?;
+                    if left > 0 {
+                        self.conn.query_at::<()>(at, &redis::cmd("UNWATCH"))?;
+                        if std::time::Instant::now() >= until {
+                            return Err(Fail::Unpersisted(Unpersisted(left)));
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                }
+                let mut pipe = redis::pipe();
+                pipe.cmd("MULTI")
+                    .del(&k.stock)
                     .del(&k.buyers)
                     .del(&k.orders)
-                    .del(&k.reset);
-            }
-            if with_event {
-                pipe.hdel(keys::EVENTS, event_id);
-            }
-            // Nil: a watched stream changed (a sale); check again.
-            if pipe.query::<Option<redis::Value>>(conn)?.is_some() {
-                return Ok(());
+                    .del(&k.reset)
+                    .cmd("EXEC");
+                let replies = self
+                    .conn
+                    .round_trip_at(at, &pipe)
+                    .map_err(redis::RedisError::from)?;
+                match replies.last() {
+                    // Nil: the watched stream changed (a sale); check again.
+                    Some(Ok(redis::Value::Nil)) => continue,
+                    Some(Ok(_)) => break,
+                    Some(Err(e)) => return Err(Fail::Redis(e.clone())),
+                    None => {
+                        return Err(Fail::Redis(redis::RedisError::from((
+                            redis::ErrorKind::Parse,
+                            "no EXEC reply",
+                        ))))
+                    }
+                }
             }
         }
+        if with_event {
+            self.conn
+                .query::<()>(redis::cmd("HDEL").arg(keys::EVENTS).arg(event_id))?;
+        }
+        Ok(())
     }
 }
 
-fn publish(conn: &mut redis::Connection, kind: &str, event_id: &str) -> redis::RedisResult<()> {
+fn publish(conn: &mut Redis, kind: &str, event_id: &str) -> redis::RedisResult<()> {
     let msg = serde_json::json!({"kind": kind, "event_id": event_id}).to_string();
-    redis::cmd("PUBLISH")
-        .arg(keys::CHANGED)
-        .arg(msg)
-        .query(conn)
+    conn.query(redis::cmd("PUBLISH").arg(keys::CHANGED).arg(msg))
 }
 
 impl Admin {
@@ -379,7 +394,6 @@ impl Service for Admin {
             Err(fail) => {
                 if let Fail::Redis(e) = fail {
                     log::warn!("admin: redis failed: {e}");
-                    self.conn.failed(e);
                 }
                 Reply::code(fail.code())
             }

@@ -85,8 +85,8 @@ pub struct AuthConfig {
 pub struct RedisConfig {
     /// `redis://host:port/db`.
     pub url: String,
-    /// Redis Cluster seed nodes (SPEC §5); non-empty: cluster mode. Not
-    /// spoken yet: a non-empty list stops start-up with a message.
+    /// Redis Cluster seed nodes (SPEC §5), `redis://host:port` each;
+    /// non-empty: cluster mode, and `url` is not used.
     pub nodes: Vec<String>,
     /// Connect, read and write timeout of every Redis call.
     pub timeout_ms: u64,
@@ -276,6 +276,15 @@ impl RedisConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+
+    /// Where Redis is: the cluster when `nodes` is set, else `url`.
+    pub fn endpoint(&self) -> crate::store::Endpoint {
+        if self.nodes.is_empty() {
+            crate::store::Endpoint::Single(self.url.clone())
+        } else {
+            crate::store::Endpoint::Cluster(self.nodes.clone())
+        }
+    }
 }
 
 /// Why a configuration could not be used. The message names the file and,
@@ -395,10 +404,22 @@ impl Config {
                 )));
             }
         }
-        if !self.redis.nodes.is_empty() {
-            return Err(ConfigError(
-                "redis.nodes: this build does not speak Redis Cluster yet; leave it empty and set redis.url to one Redis".into(),
-            ));
+        for node in &self.redis.nodes {
+            use redis::IntoConnectionInfo;
+            let info = node
+                .as_str()
+                .into_connection_info()
+                .map_err(|e| ConfigError(format!("redis.nodes: {node}: {e}")))?;
+            if !matches!(info.addr(), redis::ConnectionAddr::Tcp(..)) {
+                return Err(ConfigError(format!(
+                    "redis.nodes: {node}: a cluster node is redis://host:port"
+                )));
+            }
+            if info.redis_settings().db() != 0 {
+                return Err(ConfigError(format!(
+                    "redis.nodes: {node}: a Redis Cluster has only database 0"
+                )));
+            }
         }
         let factor = self.stock.factor;
         if !(factor.is_finite() && (1.0..=1000.0).contains(&factor)) {
@@ -524,13 +545,33 @@ mod tests {
     }
 
     #[test]
-    fn redis_nodes_is_a_known_key_refused_with_a_message_until_cluster_mode_exists() {
-        assert!(Config::parse("[redis]\nnodes = []\n").is_ok());
-        let e = Config::parse("[redis]\nnodes = [\"redis://127.0.0.1:7000\"]\n")
-            .unwrap_err()
-            .0;
-        assert!(e.starts_with("redis.nodes: "), "{e}");
-        assert!(e.contains("Redis Cluster"), "{e}");
+    fn redis_nodes_choose_cluster_mode_and_must_be_tcp_urls_of_db_0() {
+        let c = Config::parse("[redis]\nnodes = []\n").unwrap();
+        assert_eq!(
+            c.redis.endpoint(),
+            crate::store::Endpoint::Single(c.redis.url.clone())
+        );
+        let c = Config::parse(
+            "[redis]\nnodes = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.redis.endpoint(),
+            crate::store::Endpoint::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ])
+        );
+        for bad in [
+            "nope",
+            "redis://127.0.0.1:7000/3",
+            "redis+unix:///tmp/r.sock",
+        ] {
+            let e = Config::parse(&format!("[redis]\nnodes = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .0;
+            assert!(e.starts_with("redis.nodes: "), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -32,8 +32,9 @@ use crate::hijack::Question;
 use crate::http::response::DateCache;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::store::access::{Endpoint, Redis};
 use crate::store::breaker::Breaker;
-use crate::store::conn::{LazyConn, TripError};
+use crate::store::conn::TripError;
 use crate::store::keys::GoodsKeys;
 
 /// Result requests waiting for Redis at most.
@@ -50,7 +51,7 @@ pub(crate) struct Lookup {
 
 /// What the lookup thread needs besides its inbox.
 struct Asker {
-    conn: LazyConn,
+    conn: Redis,
     clock: Arc<dyn Clock>,
     request_timeout: Duration,
     breaker: Breaker,
@@ -60,10 +61,10 @@ struct Asker {
 }
 
 impl Lookup {
-    /// Starts the thread, with its own connection to `url`. The handle ends
+    /// Starts the thread, with its own connection to `endpoint`. The handle ends
     /// once every `Lookup` clone is dropped and the inbox is answered.
     pub(crate) fn start(
-        url: &str,
+        endpoint: &Endpoint,
         timeout: Duration,
         request_timeout: Duration,
         breaker: Breaker,
@@ -72,7 +73,7 @@ impl Lookup {
         metrics: Metrics,
     ) -> Result<(Lookup, JoinHandle<()>), String> {
         let asker = Asker {
-            conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
+            conn: Redis::open(endpoint, timeout).map_err(|e| format!("redis: {e}"))?,
             request_timeout,
             breaker,
             date: DateCache::new(clock.unix_s()),

@@ -178,7 +178,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("signal handler: {e}"))?;
             }
             let setup = seckill::orders::sink::SinkSetup {
-                redis_url: config.redis.url.clone(),
+                redis: config.redis.endpoint(),
                 redis_timeout: config.redis.timeout(),
                 name: name
                     .unwrap_or_else(|| format!("{}:sink", seckill::orders::sink::host_name())),

@@ -147,8 +147,9 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
 
     let stock = Stock::new(config.stock.nodes, config.stock.factor);
     let catalog = Arc::new(Catalog::default());
+    let endpoint = config.redis.endpoint();
     let mut refresher = Refresher::new(
-        &config.redis.url,
+        &endpoint,
         redis_timeout,
         catalog.clone(),
         stock.clone(),
@@ -157,7 +158,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
     if !refresher.refresh() {
         log::warn!(
             "redis at {} does not answer yet; serving, and retrying every 500 ms",
-            config.redis.url
+            endpoint
         );
     }
     refresher
@@ -178,7 +179,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let queue_cfg = config.shop_queue();
     let (producer, consumer) = queue::open(SHOP_QUEUE, &queue_cfg)?;
     let deducter =
-        Deducter::new(&config.redis.url, redis_timeout).map_err(|e| format!("redis.url: {e}"))?;
+        Deducter::new(endpoint.clone(), redis_timeout).map_err(|e| format!("redis: {e}"))?;
     let worker = Worker::new(
         consumer,
         Bucket::new(queue_cfg.rate, queue_cfg.burst, clock.now()),
@@ -195,7 +196,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .map_err(|e| format!("worker thread: {e}"))?;
 
     let (lookup, lookup_thread) = Lookup::start(
-        &config.redis.url,
+        &endpoint,
         redis_timeout,
         request_timeout,
         breaker.clone(),
@@ -274,7 +275,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let metrics_for_sink = metrics.clone();
     let admin = Admin::new(
         config.admin.key.clone(),
-        &config.redis.url,
+        &endpoint,
         redis_timeout,
         clock.clone(),
         metrics.clone(),
@@ -308,7 +309,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
     ];
     if !config.sink.url.is_empty() {
         let setup = SinkSetup {
-            redis_url: config.redis.url.clone(),
+            redis: endpoint.clone(),
             redis_timeout,
             config: config.sink.clone(),
             name: format!("{}:{}", host_name(), public_addr.port()),

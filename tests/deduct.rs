@@ -27,7 +27,7 @@ fn batch_answers_each_attempt_and_falls_back_to_eval() {
     let redis = RedisServer::with_e1(&[("g1", 3), ("g0", 0), ("bad", 5)]);
     let _: () = redis.cmd(&["SET", "seckill:{e1:bad}:buyers", "not a hash"]);
     let _: () = redis.cmd(&["SCRIPT", "FLUSH"]);
-    let mut d = Deducter::new(&redis.url(), Duration::from_secs(5)).expect("deducter");
+    let mut d = Deducter::new(redis.url(), Duration::from_secs(5)).expect("deducter");
     let batch = [
         attempt("a", "g1"),
         attempt("b", "bad"),
@@ -103,7 +103,7 @@ fn bad_keys_fail_the_script_before_any_write() {
     ]);
     let _: i64 = redis.cmd(&["DEL", "seckill:{e1:stock}:stock"]);
     let _: i64 = redis.cmd(&["HSET", "seckill:{e1:stock}:stock", "f", "v"]);
-    let mut d = Deducter::new(&redis.url(), Duration::from_secs(5)).expect("deducter");
+    let mut d = Deducter::new(redis.url(), Duration::from_secs(5)).expect("deducter");
     let batch = [
         attempt("a", "orders"),
         attempt("a", "buyers"),

@@ -7,30 +7,12 @@ mod support;
 use std::time::Duration;
 
 use support::pg::PgServer;
-use support::{config, eventually, Client, RedisServer, Seckill, SinkProcess, FAR};
+use support::{check, config, eventually, Client, RedisServer, Seckill, SinkProcess, FAR};
 
 use seckill::config::Config;
 
 /// A stream entry as redis-rs reads it: id and field pairs.
 type Entry = (String, Vec<(String, String)>);
-
-/// Runs `seckill check --event e1 ARGS` with `config`: exit code, stdout.
-fn check(config: &Config, args: &[&str]) -> (i32, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, toml::to_string(config).expect("toml")).expect("write config");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seckill"))
-        .args(["check", "--event", "e1", "--config"])
-        .arg(&path)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("seckill check runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
 
 /// A config with a sink into database `db` of `pg`.
 fn sink_config(redis: &RedisServer, pg: &PgServer, db: &str) -> Config {

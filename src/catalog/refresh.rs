@@ -26,7 +26,8 @@ use crate::catalog::event::{stock_number, EventDef};
 use crate::catalog::snapshot::{Catalog, Snapshot};
 use crate::metrics::Metrics;
 use crate::stock::Stock;
-use crate::store::conn::{connect, keeps_data, LazyConn};
+use crate::store::access::{keeps_data, Endpoint, Redis};
+use crate::store::conn::connect;
 use crate::store::keys::{self, GoodsKeys};
 
 /// How often the catalog is re-read even without a pub/sub message.
@@ -35,14 +36,11 @@ pub(crate) const REFRESH: Duration = Duration::from_millis(500);
 /// Reads everything once and builds a snapshot, telling `stock` as it goes.
 /// The keys it had to skip are put in `bad`, each with why.
 fn read(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     stock: &Stock,
     bad: &mut BTreeMap<String, String>,
 ) -> redis::RedisResult<Snapshot> {
-    let raw = redis::cmd("HGETALL")
-        .arg(keys::EVENTS)
-        .query::<BTreeMap<String, Vec<u8>>>(conn.get()?);
-    let raw = conn.settle(raw)?;
+    let raw = conn.query::<BTreeMap<String, Vec<u8>>>(redis::cmd("HGETALL").arg(keys::EVENTS))?;
     let mut defs: Vec<EventDef> = Vec::with_capacity(raw.len());
     for (id, json) in raw {
         match serde_json::from_slice::<EventDef>(&json) {
@@ -101,7 +99,7 @@ fn read(
 
 /// Keeps the catalog and the stock table in step with Redis.
 pub(crate) struct Refresher {
-    conn: LazyConn,
+    conn: Redis,
     catalog: Arc<Catalog>,
     stock: Stock,
     metrics: Metrics,
@@ -112,16 +110,16 @@ pub(crate) struct Refresher {
 }
 
 impl Refresher {
-    /// A refresher for `url`; nothing is read until `refresh`.
+    /// A refresher for `endpoint`; nothing is read until `refresh`.
     pub(crate) fn new(
-        url: &str,
+        endpoint: &Endpoint,
         timeout: Duration,
         catalog: Arc<Catalog>,
         stock: Stock,
         metrics: Metrics,
     ) -> Result<Self, String> {
         Ok(Refresher {
-            conn: LazyConn::open(url, timeout).map_err(|e| format!("redis.url: {e}"))?,
+            conn: Redis::open(endpoint, timeout).map_err(|e| format!("redis: {e}"))?,
             catalog,
             stock,
             metrics,
@@ -208,12 +206,12 @@ impl Refresher {
     /// once when the pub/sub thread hears of a change.
     pub(crate) fn spawn(mut self, stop: Arc<AtomicBool>) -> std::io::Result<()> {
         let (tx, rx) = bounded::<()>(1);
-        let client = self.conn.client().clone();
+        let clients = self.conn.subscribe_clients();
         let timeout = self.conn.timeout();
         let sub_stop = stop.clone();
         std::thread::Builder::new()
             .name("seckill-pubsub".into())
-            .spawn(move || listen(client, timeout, tx, sub_stop))?;
+            .spawn(move || listen(clients, timeout, tx, sub_stop))?;
         std::thread::Builder::new()
             .name("seckill-catalog".into())
             .spawn(move || {
@@ -228,11 +226,18 @@ impl Refresher {
 }
 
 /// Subscribes to the change channel and pokes the refresher on each message;
-/// reconnects with a growing pause (up to 5 s) when Redis is away.
-fn listen(client: redis::Client, timeout: Duration, poke: Sender<()>, stop: Arc<AtomicBool>) {
+/// reconnects with a growing pause (up to 5 s) when Redis is away. On a
+/// cluster any node hears what is published on any other, so a node that
+/// fails is left for the next one in `clients`.
+fn listen(clients: Vec<redis::Client>, timeout: Duration, poke: Sender<()>, stop: Arc<AtomicBool>) {
     let mut pause = Duration::from_millis(100);
+    let mut next = 0;
     while !stop.load(Ordering::Acquire) {
-        let mut conn = match connect(&client, timeout) {
+        let Some(client) = clients.get(next % clients.len().max(1)) else {
+            return;
+        };
+        next += 1;
+        let mut conn = match connect(client, timeout) {
             Ok(c) => c,
             Err(_) => {
                 std::thread::sleep(pause);

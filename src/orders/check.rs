@@ -23,7 +23,7 @@ use crate::catalog::event::EventDef;
 use crate::config::Config;
 use crate::orders::db;
 use crate::orders::stream::{self, Goods};
-use crate::store::conn::LazyConn;
+use crate::store::access::Redis;
 use crate::store::keys::{self, GoodsKeys};
 
 /// One goods' books.
@@ -107,14 +107,10 @@ pub fn check(
 ) -> Result<Books, String> {
     let timeout = config.redis.timeout().max(Duration::from_secs(2));
     let mut redis =
-        LazyConn::open(&config.redis.url, timeout).map_err(|e| format!("redis: {e}"))?;
-    let raw: Option<Vec<u8>> = {
-        let r = redis::cmd("HGET")
-            .arg(keys::EVENTS)
-            .arg(event_id)
-            .query(redis.get().map_err(|e| format!("redis: {e}"))?);
-        redis.settle(r).map_err(|e| format!("redis: {e}"))?
-    };
+        Redis::open(&config.redis.endpoint(), timeout).map_err(|e| format!("redis: {e}"))?;
+    let raw: Option<Vec<u8>> = redis
+        .query(redis::cmd("HGET").arg(keys::EVENTS).arg(event_id))
+        .map_err(|e| format!("redis: {e}"))?;
     let raw = raw.ok_or_else(|| format!("event {event_id} is not in {}", keys::EVENTS))?;
     let def: EventDef =
         serde_json::from_slice(&raw).map_err(|e| format!("event {event_id}: {e}"))?;
@@ -171,7 +167,7 @@ pub fn check(
 }
 
 fn goods_books(
-    redis: &mut LazyConn,
+    redis: &mut Redis,
     pg: Option<&mut postgres::Client>,
     s: &Goods,
     stock: i64,
@@ -179,13 +175,9 @@ fn goods_books(
 ) -> Result<GoodsBooks, String> {
     let k = GoodsKeys::new(&s.event_id, &s.goods_id);
     let r = |e: redis::RedisError| format!("redis: {e}");
-    let (left, buyers_map): (Option<i64>, HashMap<String, String>) = {
-        let reply = redis::pipe()
-            .get(&k.stock)
-            .hgetall(&k.buyers)
-            .query(redis.get().map_err(r)?);
-        redis.settle(reply).map_err(r)?
-    };
+    let (left, buyers_map): (Option<i64>, HashMap<String, String>) = redis
+        .query_pipe(redis::pipe().get(&k.stock).hgetall(&k.buyers))
+        .map_err(r)?;
     let stock_left = left.unwrap_or(0);
     // The whole stream, in pages.
     let mut orders = Vec::new();
@@ -204,10 +196,9 @@ fn goods_books(
         orders.extend(page.orders);
         after = last;
     }
-    let xlen = redis::cmd("XLEN")
-        .arg(&k.orders)
-        .query::<i64>(redis.get().map_err(r)?);
-    let xlen = redis.settle(xlen).map_err(r)?;
+    let xlen = redis
+        .query::<i64>(redis::cmd("XLEN").arg(&k.orders))
+        .map_err(r)?;
     let unpersisted = stream::unpersisted(redis, s).map_err(r)?;
     let g = &s.goods_id;
     let sold = stock - stock_left;

@@ -50,8 +50,9 @@ use crate::config::SinkConfig;
 use crate::metrics::Metrics;
 use crate::orders::db::{self, Db, GoodsRow};
 use crate::orders::stream::{self, Goods, Read};
-use crate::store::conn::LazyConn;
+use crate::store::access::Redis;
 use crate::store::keys::{self, GoodsKeys};
+use crate::store::Endpoint;
 
 /// How often the goods are learnt again from `seckill:events`.
 const DISCOVER: Duration = Duration::from_secs(1);
@@ -81,8 +82,8 @@ const PG_CONNECT: Duration = Duration::from_secs(2);
 /// What a sink needs to start.
 #[derive(Debug, Clone)]
 pub struct SinkSetup {
-    /// `redis.url`.
-    pub redis_url: String,
+    /// `redis.url`, or `redis.nodes` on a Redis Cluster.
+    pub redis: Endpoint,
     /// `redis.timeout_ms`.
     pub redis_timeout: Duration,
     /// `[sink]`.
@@ -124,7 +125,7 @@ fn pg_failed(e: postgres::Error) -> Failure {
 
 /// The sink and everything it owns.
 pub struct Sink {
-    redis: LazyConn,
+    redis: Redis,
     pg: Option<Db>,
     setup: SinkSetup,
     metrics: Metrics,
@@ -155,8 +156,8 @@ pub struct Sink {
 impl Sink {
     /// A sink; nothing is read until `run`.
     pub fn new(setup: SinkSetup, metrics: Metrics, stop: Arc<AtomicBool>) -> Result<Self, String> {
-        let redis = LazyConn::open(&setup.redis_url, setup.redis_timeout)
-            .map_err(|e| format!("redis.url: {e}"))?;
+        let redis =
+            Redis::open(&setup.redis, setup.redis_timeout).map_err(|e| format!("redis: {e}"))?;
         setup
             .config
             .url
@@ -198,7 +199,7 @@ impl Sink {
         log::info!(
             "sink {}: orders from {} into PostgreSQL",
             self.setup.name,
-            self.setup.redis_url
+            self.setup.redis
         );
         let mut backoff = MIN_BACKOFF;
         while !self.stopped() {
@@ -337,10 +338,10 @@ impl Sink {
     /// stream that exists (Redis only: `write_goods_rows` takes the rows
     /// to PostgreSQL).
     fn discover(&mut self) -> Result<(), Failure> {
-        let raw = redis::cmd("HGETALL")
-            .arg(keys::EVENTS)
-            .query::<HashMap<String, Vec<u8>>>(self.redis.get().map_err(Failure::Redis)?);
-        let raw = self.redis.settle(raw).map_err(Failure::Redis)?;
+        let raw = self
+            .redis
+            .query::<HashMap<String, Vec<u8>>>(redis::cmd("HGETALL").arg(keys::EVENTS))
+            .map_err(Failure::Redis)?;
         let mut goods = Vec::new();
         let mut rows = Vec::new();
         for (id, json) in raw {
@@ -412,10 +413,8 @@ impl Sink {
     /// One GET per turn of a goods that has orders.
     fn learn_reset(&mut self, goods: &Goods) -> Result<(), Failure> {
         let key = GoodsKeys::new(&goods.event_id, &goods.goods_id).reset;
-        let line = redis::cmd("GET")
-            .arg(&key)
-            .query::<Option<i64>>(self.redis.get().map_err(Failure::Redis)?);
-        let line = match self.redis.settle(line) {
+        let line = self.redis.query::<Option<i64>>(redis::cmd("GET").arg(&key));
+        let line = match line {
             Ok(Some(line)) => line,
             Ok(None) => return Ok(()),
             // Not a number (written by hand): the definition's line holds.
@@ -450,8 +449,10 @@ impl Sink {
         for g in &self.waiting {
             pipe.cmd("EXISTS").arg(&g.key);
         }
-        let found = pipe.query::<Vec<bool>>(self.redis.get().map_err(Failure::Redis)?);
-        let found = self.redis.settle(found).map_err(Failure::Redis)?;
+        let found = self
+            .redis
+            .query_pipe::<Vec<bool>>(&pipe)
+            .map_err(Failure::Redis)?;
         Ok(found.contains(&true))
     }
 

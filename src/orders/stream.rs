@@ -12,7 +12,7 @@
 
 use redis::{ErrorKind, RedisError, Value};
 
-use crate::store::conn::LazyConn;
+use crate::store::access::Redis;
 use crate::store::keys::valid_id;
 
 /// The consumer group every sink joins (SPEC §3).
@@ -81,14 +81,15 @@ pub(crate) struct Goods {
 /// Makes the group on `key` at id `0`. An existing group is left as it
 /// is. A stream that does not exist yet (no sale) is an error: making it
 /// here could bring back the key of a goods deleted a moment ago.
-pub(crate) fn ensure_group(conn: &mut LazyConn, key: &str) -> redis::RedisResult<()> {
-    let made = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(key)
-        .arg(GROUP)
-        .arg("0")
-        .query::<()>(conn.get()?);
-    match conn.settle(made) {
+pub(crate) fn ensure_group(conn: &mut Redis, key: &str) -> redis::RedisResult<()> {
+    let made = conn.query::<()>(
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(key)
+            .arg(GROUP)
+            .arg("0"),
+    );
+    match made {
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
     }
@@ -104,7 +105,7 @@ pub(crate) fn is_no_group(e: &RedisError) -> bool {
 /// (delivered before, never acknowledged: a crash between reading and
 /// `XACK`), then new ones.
 pub(crate) fn read(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     goods: &Goods,
     consumer: &str,
     count: usize,
@@ -119,7 +120,7 @@ pub(crate) fn read(
 /// Reads up to `count` new entries only (never delivered to anyone):
 /// what the sink reads ahead while its pending batch is being written.
 pub(crate) fn read_new(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     goods: &Goods,
     consumer: &str,
     count: usize,
@@ -128,23 +129,23 @@ pub(crate) fn read_new(
 }
 
 fn read_from(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     goods: &Goods,
     consumer: &str,
     count: usize,
     from: &str,
 ) -> redis::RedisResult<Read> {
-    let reply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(count)
-        .arg("STREAMS")
-        .arg(&goods.key)
-        .arg(from)
-        .query::<Value>(conn.get()?);
-    let reply = conn.settle(reply)?;
+    let reply = conn.query::<Value>(
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&goods.key)
+            .arg(from),
+    )?;
     // Nil: nothing new. Else [[key, [entry, ...]]].
     let entries = match reply {
         Value::Nil => return Ok(Read::default()),
@@ -165,22 +166,22 @@ fn read_from(
 /// sink that died holding them), up to `count`. They become this
 /// consumer's pending entries, which `read` returns first.
 pub(crate) fn claim(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     goods: &Goods,
     consumer: &str,
     idle_ms: u64,
     count: usize,
 ) -> redis::RedisResult<Read> {
-    let reply = redis::cmd("XAUTOCLAIM")
-        .arg(&goods.key)
-        .arg(GROUP)
-        .arg(consumer)
-        .arg(idle_ms)
-        .arg("0-0")
-        .arg("COUNT")
-        .arg(count)
-        .query::<Value>(conn.get()?);
-    let reply = conn.settle(reply)?;
+    let reply = conn.query::<Value>(
+        redis::cmd("XAUTOCLAIM")
+            .arg(&goods.key)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count),
+    )?;
     // [next cursor, [entry, ...], [deleted id, ...]] (the last since Redis 7).
     let Value::Array(parts) = reply else {
         return Err(bad_reply("XAUTOCLAIM"));
@@ -197,7 +198,7 @@ pub(crate) fn claim(
 
 /// Acknowledges `ids`: handled, whether written or refused.
 pub(crate) fn ack<'a>(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     goods: &Goods,
     ids: impl Iterator<Item = &'a str>,
 ) -> redis::RedisResult<()> {
@@ -211,14 +212,13 @@ pub(crate) fn ack<'a>(
     if !any {
         return Ok(());
     }
-    let acked = cmd.query::<i64>(conn.get()?);
-    conn.settle(acked).map(drop)
+    conn.query::<i64>(&cmd).map(drop)
 }
 
 /// Entries after `after` (exclusive; `"-"` for the start), up to `count`:
 /// the compensation scan's view of the stream, whatever the group says.
 pub(crate) fn range(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     goods: &Goods,
     after: &str,
     count: usize,
@@ -228,14 +228,14 @@ pub(crate) fn range(
     } else {
         format!("({after}")
     };
-    let reply = redis::cmd("XRANGE")
-        .arg(&goods.key)
-        .arg(start)
-        .arg("+")
-        .arg("COUNT")
-        .arg(count)
-        .query::<Value>(conn.get()?);
-    let reply = conn.settle(reply)?;
+    let reply = conn.query::<Value>(
+        redis::cmd("XRANGE")
+            .arg(&goods.key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count),
+    )?;
     Ok(parse_entries(goods, reply))
 }
 
@@ -252,12 +252,9 @@ struct GroupInfo {
 
 /// The sink's group on `goods`' stream; None when the stream or the group
 /// does not exist.
-fn group_info(conn: &mut LazyConn, goods: &Goods) -> redis::RedisResult<Option<GroupInfo>> {
-    let reply = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(&goods.key)
-        .query::<Value>(conn.get()?);
-    let reply = match conn.settle(reply) {
+fn group_info(conn: &mut Redis, goods: &Goods) -> redis::RedisResult<Option<GroupInfo>> {
+    let reply = conn.query::<Value>(redis::cmd("XINFO").arg("GROUPS").arg(&goods.key));
+    let reply = match reply {
         Err(e) if e.detail().is_some_and(|d| d.contains("no such key")) => return Ok(None),
         other => other?,
     };
@@ -294,10 +291,10 @@ fn group_info(conn: &mut LazyConn, goods: &Goods) -> redis::RedisResult<Option<G
 /// pending (delivered, not acknowledged) plus lag (never delivered).
 /// No group yet (no sink ran since the first sale): every entry counts
 /// (`XLEN`, 0 when there is no stream).
-pub(crate) fn unpersisted(conn: &mut LazyConn, goods: &Goods) -> redis::RedisResult<u64> {
+pub(crate) fn unpersisted(conn: &mut Redis, goods: &Goods) -> redis::RedisResult<u64> {
     let Some(info) = group_info(conn, goods)? else {
-        let len = redis::cmd("XLEN").arg(&goods.key).query::<u64>(conn.get()?);
-        return conn.settle(len);
+        let len = conn.query::<u64>(redis::cmd("XLEN").arg(&goods.key));
+        return len;
     };
     // With no lag figure, count the whole stream after the group's last
     // delivered entry, which the next reads bring down.
@@ -310,19 +307,20 @@ pub(crate) fn unpersisted(conn: &mut LazyConn, goods: &Goods) -> redis::RedisRes
 
 /// Entries after `last` (exclusive), counted a page at a time so no reply
 /// holds the whole stream.
-fn after(conn: &mut LazyConn, goods: &Goods, last: &str) -> redis::RedisResult<i64> {
+fn after(conn: &mut Redis, goods: &Goods, last: &str) -> redis::RedisResult<i64> {
     const PAGE: usize = 1000;
     let mut from = last.to_string();
     let mut n = 0;
     loop {
-        let reply = redis::cmd("XRANGE")
-            .arg(&goods.key)
-            .arg(format!("({from}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query::<Value>(conn.get()?);
-        let Value::Array(entries) = conn.settle(reply)? else {
+        let Value::Array(entries) = conn.query::<Value>(
+            redis::cmd("XRANGE")
+                .arg(&goods.key)
+                .arg(format!("({from}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE),
+        )?
+        else {
             return Ok(n);
         };
         n += entries.len() as i64;
@@ -340,7 +338,7 @@ fn after(conn: &mut LazyConn, goods: &Goods, last: &str) -> redis::RedisResult<i
 /// The id of the last entry the group delivered (None: no stream, no
 /// group, or nothing delivered yet).
 pub(crate) fn last_delivered(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     goods: &Goods,
 ) -> redis::RedisResult<Option<String>> {
     Ok(group_info(conn, goods)?
@@ -351,21 +349,22 @@ pub(crate) fn last_delivered(
 /// The ids pending in the group, at any consumer (delivered, not yet
 /// acknowledged: in flight, not lost).
 pub(crate) fn pending_ids(
-    conn: &mut LazyConn,
+    conn: &mut Redis,
     goods: &Goods,
 ) -> redis::RedisResult<std::collections::HashSet<String>> {
     const PAGE: usize = 1000;
     let mut ids = std::collections::HashSet::new();
     let mut start = "-".to_string();
     loop {
-        let reply = redis::cmd("XPENDING")
-            .arg(&goods.key)
-            .arg(GROUP)
-            .arg(&start)
-            .arg("+")
-            .arg(PAGE)
-            .query::<Value>(conn.get()?);
-        let Value::Array(rows) = conn.settle(reply)? else {
+        let Value::Array(rows) = conn.query::<Value>(
+            redis::cmd("XPENDING")
+                .arg(&goods.key)
+                .arg(GROUP)
+                .arg(&start)
+                .arg("+")
+                .arg(PAGE),
+        )?
+        else {
             return Ok(ids);
         };
         let n = rows.len();

@@ -1,17 +1,19 @@
-//! Beside the path: a Redis connection made on first use and made again
-//! after a failure.
+//! Beside the path: a connection to one Redis server, made on first use
+//! and made again after a failure. The access layer (`access::Redis`)
+//! holds one per server it talks to; nothing else uses this directly.
 //!
 //! Every Redis call has `redis.timeout_ms` for connect, read and write, so
 //! a Redis that hangs is a failure, not a stall. After a failure at the
 //! connection level (refused, reset, timed out) the connection's state is
 //! unknown, so it is dropped and the next call connects anew; an error
-//! reply from the server leaves it usable. The worker's deducter, the
-//! lookup thread, the catalog and the admin service each own one.
+//! reply from the server leaves it usable.
 //!
-//! Pipelines go through `round_trip`, which gives the *whole* trip one
-//! deadline. redis-rs's own `Pipeline::query` waits the read timeout for
-//! each reply in turn, even after one timed out, so a hanging Redis would
-//! cost a batch of 64 deducts 64 timeouts.
+//! Commands are written with `send` and their replies read with `read`,
+//! both against one deadline for the *whole* trip. redis-rs's own
+//! `Pipeline::query` waits the read timeout for each reply in turn, even
+//! after one timed out, so a hanging Redis would cost a batch of 64 deducts
+//! 64 timeouts; and the split lets the access layer write to every cluster
+//! master before it waits for any.
 //!
 //! A connection that tracks its identity (`tracking_client_id`: the
 //! deducter's) asks `CLIENT INFO` when it is made and remembers the
@@ -23,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::{Connection, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value};
+use redis::{Connection, ConnectionInfo, ErrorKind, RedisError, RedisResult, Value};
 
 /// Opens a connection with the timeout applied to connect, read and write.
 pub(crate) fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
@@ -95,7 +97,7 @@ impl ClientId {
     }
 }
 
-fn timed_out() -> RedisError {
+pub(crate) fn timed_out() -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         "redis round trip timed out",
@@ -114,9 +116,8 @@ impl std::fmt::Debug for LazyConn {
 }
 
 impl LazyConn {
-    /// For `url`; nothing connects until `get`.
-    pub(crate) fn open(url: &str, timeout: Duration) -> RedisResult<Self> {
-        let info = url.into_connection_info()?;
+    /// For the server `info` names; nothing connects until first use.
+    pub(crate) fn new(info: ConnectionInfo, timeout: Duration) -> RedisResult<Self> {
         // No `CLIENT SETINFO` on connect: redis-rs sends it as a pipeline of
         // two commands and waits the timeout for each reply, so a hanging
         // Redis would cost every new connection two timeouts. (AUTH and
@@ -139,18 +140,6 @@ impl LazyConn {
     pub(crate) fn tracking_client_id(mut self) -> Self {
         self.track_id = true;
         self
-    }
-
-    /// The connection, connecting first if there is none, with the read
-    /// timeout `redis.timeout_ms` (for one command at a time).
-    pub(crate) fn get(&mut self) -> RedisResult<&mut Connection> {
-        self.get_within(self.timeout)?;
-        let timeout = self.timeout;
-        if self.read_timeout != timeout {
-            self.connected()?.set_read_timeout(Some(timeout))?;
-            self.read_timeout = timeout;
-        }
-        self.connected()
     }
 
     fn connected(&mut self) -> RedisResult<&mut Connection> {
@@ -190,22 +179,13 @@ impl LazyConn {
         Ok(())
     }
 
-    /// Sends every command of `pipe` (which must not be `atomic`) and reads
-    /// one reply per command, in order, the whole trip within
-    /// `redis.timeout_ms` and no later than `until`. Each reply is its own
-    /// result (an error reply fails only its command). The first reply
-    /// that does not come in time ends the trip: the connection is dropped.
-    pub(crate) fn round_trip(
-        &mut self,
-        pipe: &redis::Pipeline,
-        until: Option<Instant>,
-    ) -> Result<Vec<RedisResult<Value>>, TripError> {
-        let started = Instant::now();
-        let mut deadline = started + self.timeout;
-        if let Some(until) = until {
-            deadline = deadline.min(until);
-        }
-        let left = deadline.saturating_duration_since(started);
+    /// Connects if needed and writes `packed` (one or more commands),
+    /// all by `deadline`. `NotSent`: nothing was written (connecting
+    /// failed or the time was up); `Lost`: the write failed part-way, so
+    /// some commands may have reached Redis. Either way a failed connection
+    /// is dropped.
+    pub(crate) fn send(&mut self, packed: &[u8], deadline: Instant) -> Result<(), TripError> {
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(TripError::NotSent(timed_out()));
         }
@@ -213,37 +193,51 @@ impl LazyConn {
             self.failed(&e);
             return Err(TripError::NotSent(e));
         }
-        let result = self.send_and_read(pipe, deadline);
-        self.settle(result).map_err(TripError::Lost)
+        let sent = self
+            .connected()
+            .and_then(|conn| conn.send_packed_command(packed));
+        self.settle(sent).map_err(TripError::Lost)
     }
 
-    fn send_and_read(
+    /// Reads `n` replies, in order, by `deadline`. Each reply is its own
+    /// result (an error reply fails only its command). The first reply that
+    /// does not come in time ends the read: the replies read so far are
+    /// returned with the error, and the connection is dropped.
+    pub(crate) fn read(
         &mut self,
-        pipe: &redis::Pipeline,
+        n: usize,
         deadline: Instant,
-    ) -> RedisResult<Vec<RedisResult<Value>>> {
-        self.connected()?
-            .send_packed_command(&pipe.get_packed_pipeline())?;
-        let mut replies = Vec::with_capacity(pipe.len());
-        for _ in 0..pipe.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(timed_out());
+    ) -> (Vec<RedisResult<Value>>, Option<RedisError>) {
+        let mut replies = Vec::with_capacity(n);
+        while replies.len() < n {
+            match self.read_one(deadline) {
+                Ok(reply) => replies.push(reply.extract_error()),
+                Err(e) => {
+                    self.failed(&e);
+                    return (replies, Some(e));
+                }
             }
-            // Too long could overshoot the deadline; too short would fail a
-            // reply that still had time.
-            if self.read_timeout < left || self.read_timeout > left + TIMEOUT_SLACK {
-                self.connected()?.set_read_timeout(Some(left))?;
-                self.read_timeout = left;
-            }
-            replies.push(self.connected()?.recv_response()?.extract_error());
         }
-        Ok(replies)
+        (replies, None)
+    }
+
+    fn read_one(&mut self, deadline: Instant) -> RedisResult<Value> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        // Too long could overshoot the deadline; too short would fail a
+        // reply that still had time.
+        if self.read_timeout < left || self.read_timeout > left + TIMEOUT_SLACK {
+            self.connected()?.set_read_timeout(Some(left))?;
+            self.read_timeout = left;
+        }
+        self.connected()?.recv_response()
     }
 
     /// Passes `result` through, forgetting the connection if it failed at
     /// the connection level.
-    pub(crate) fn settle<T>(&mut self, result: RedisResult<T>) -> RedisResult<T> {
+    fn settle<T>(&mut self, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
             self.failed(e);
         }
@@ -251,7 +245,7 @@ impl LazyConn {
     }
 
     /// Forgets the connection unless `e` is an error reply from the server.
-    pub(crate) fn failed(&mut self, e: &RedisError) {
+    fn failed(&mut self, e: &RedisError) {
         if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) {
             return;
         }
@@ -280,29 +274,6 @@ impl LazyConn {
     pub(crate) fn client(&self) -> &redis::Client {
         &self.client
     }
-
-    /// The timeout every call has.
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
-    }
-}
-
-/// Whether Redis keeps its data on disk (SPEC §3): AOF on, or RDB saves
-/// configured. Redis is the ledger of the sale; with neither, a crash
-/// loses every sale the sink has not carried to PostgreSQL yet.
-pub(crate) fn keeps_data(conn: &mut LazyConn) -> RedisResult<bool> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("CONFIG")
-        .arg("GET")
-        .arg("appendonly")
-        .cmd("CONFIG")
-        .arg("GET")
-        .arg("save");
-    let replies = pipe.query::<(Vec<String>, Vec<String>)>(conn.get()?);
-    let (aof, save) = conn.settle(replies)?;
-    let aof_on = aof.get(1).is_some_and(|v| v == "yes");
-    let saves = save.get(1).is_some_and(|v| !v.trim().is_empty());
-    Ok(aof_on || saves)
 }
 
 #[cfg(test)]

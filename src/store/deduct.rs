@@ -5,8 +5,11 @@
 //! Invariants: one `EVALSHA` per attempt, pipelined per batch; only a
 //! NOSCRIPT reply falls back to `EVAL` with the full script (after `SCRIPT
 //! FLUSH` or on a fresh Redis); the script's SHA1 is computed once, at
-//! start. The connection is a `conn::LazyConn`: every call has the
-//! `redis.timeout_ms` timeout, and a failed connection is made anew.
+//! start. The connection is an `access::Redis`: every call has the
+//! `redis.timeout_ms` timeout, a failed connection is made anew, and on a
+//! Redis Cluster each attempt goes to the master of its goods' slot (the
+//! batch split per master; a NOSCRIPT answer falls back per master, as
+//! each has its own script cache).
 //!
 //! # Knowing whether a sale happened
 //!
@@ -17,7 +20,8 @@
 //! answering it. `resolve` works on a fresh connection and first kills the
 //! failed one on the server (`CLIENT KILL ID .. ADDR ..`, read with
 //! `CLIENT INFO` when it was made): after the kill, nothing that connection sent can still run, so
-//! `HGET buyers uid` is the truth. Only when Redis cannot be reached before
+//! `HGET buyers uid` is the truth (on a cluster, each kill goes to the
+//! master the failed connection was to). Only when Redis cannot be reached before
 //! the attempt's deadline is the outcome left unknown (README, "What is not
 //! done yet").
 //!
@@ -29,7 +33,8 @@ use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use sha1::{Digest, Sha1};
 
 use crate::attempt::Attempt;
-use crate::store::conn::{ClientId, LazyConn, TripError};
+use crate::store::access::{Endpoint, Redis, Route};
+use crate::store::conn::TripError;
 use crate::store::keys::{self, GoodsKeys};
 
 /// The script, kept in its own file so it reads and diffs as Lua.
@@ -102,9 +107,9 @@ pub(crate) enum Resolved {
 
 /// A Redis connection that runs the deduct. One per worker thread.
 pub struct Deducter {
-    conn: LazyConn,
+    conn: Redis,
     // The fresh connection `resolve` asks on, never the one that failed.
-    resolver: LazyConn,
+    resolver: Redis,
     // INVARIANT: lowercase hex SHA1 of SCRIPT.
     sha: String,
 }
@@ -124,19 +129,15 @@ pub fn script_sha(script: &str) -> String {
 }
 
 impl Deducter {
-    /// A deducter for `url`; it connects on first use.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
+    /// A deducter for `endpoint` (a `redis.url`, or `Endpoint::Cluster`);
+    /// it connects on first use.
+    pub fn new(endpoint: impl Into<Endpoint>, timeout: Duration) -> Result<Self, RedisError> {
+        let endpoint = endpoint.into();
         Ok(Deducter {
-            conn: LazyConn::open(url, timeout)?.tracking_client_id(),
-            resolver: LazyConn::open(url, timeout)?,
+            conn: Redis::open(&endpoint, timeout)?.tracking_client_id(),
+            resolver: Redis::open(&endpoint, timeout)?,
             sha: script_sha(SCRIPT),
         })
-    }
-
-    /// Runs one command (see `LazyConn` for what a failure does).
-    fn run(&mut self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
-        let result = cmd.query::<Value>(self.conn.get()?);
-        self.conn.settle(result)
     }
 
     /// Runs the deduct for every attempt in one round trip (a pipeline of
@@ -166,11 +167,12 @@ impl Deducter {
             add_args(&mut cmd, k, a, ts_ms);
             pipe.add_command(cmd);
         }
-        let mut results: Vec<Result<DeductOutcome, DeductError>> =
-            match self.conn.round_trip(&pipe, until) {
-                Ok(replies) => replies.into_iter().map(to_result).collect(),
-                Err(e) => return attempts.iter().map(|_| Err(e.clone().into())).collect(),
-            };
+        let mut results: Vec<Result<DeductOutcome, DeductError>> = self
+            .conn
+            .round_trip_each(&pipe, until)
+            .into_iter()
+            .map(to_result)
+            .collect();
         let noscript: Vec<usize> = results
             .iter()
             .enumerate()
@@ -187,17 +189,9 @@ impl Deducter {
                 add_args(&mut cmd, &keys[i], attempts[i], ts_ms);
                 eval.add_command(cmd);
             }
-            match self.conn.round_trip(&eval, until) {
-                Ok(replies) => {
-                    for (i, reply) in noscript.into_iter().zip(replies) {
-                        results[i] = to_result(reply);
-                    }
-                }
-                Err(e) => {
-                    for i in noscript {
-                        results[i] = Err(e.clone().into());
-                    }
-                }
+            let replies = self.conn.round_trip_each(&eval, until);
+            for (i, reply) in noscript.into_iter().zip(replies) {
+                results[i] = to_result(reply);
             }
         }
         results
@@ -214,39 +208,56 @@ impl Deducter {
         attempts: &[&Attempt],
         until: Option<Instant>,
     ) -> Result<Vec<Resolved>, RedisError> {
-        let dead: Vec<ClientId> = self.conn.dead_ids().to_vec();
-        let mut pipe = redis::pipe();
-        for d in &dead {
+        let dead = self.conn.dead_ids();
+        let mut cmds = Vec::with_capacity(dead.len() + 2 * attempts.len());
+        for (_, d) in &dead {
             // Both filters must match: after a Redis restart an id alone
             // could name another client.
-            pipe.cmd("CLIENT")
-                .arg("KILL")
+            let mut kill = redis::cmd("CLIENT");
+            kill.arg("KILL")
                 .arg("ID")
                 .arg(d.id)
                 .arg("ADDR")
                 .arg(&d.addr);
+            cmds.push(kill);
         }
         for a in attempts {
             let k = GoodsKeys::new(&a.event_id, &a.goods_id);
-            pipe.cmd("HGET").arg(&k.buyers).arg(&a.uid);
-            pipe.cmd("GET").arg(&k.stock);
+            let mut hget = redis::cmd("HGET");
+            hget.arg(&k.buyers).arg(&a.uid);
+            let mut get = redis::cmd("GET");
+            get.arg(&k.stock);
+            cmds.push(hget);
+            cmds.push(get);
         }
-        let replies = self
-            .resolver
-            .round_trip(&pipe, until)
-            .map_err(RedisError::from)?;
+        // Each kill to the node its connection was to; the lookups where
+        // their goods live. One trip: on one server the kills are read
+        // before the lookups; on a cluster each master's kills come first
+        // in what is sent to it, and a goods is on one master.
+        let routed: Vec<(&redis::Cmd, Route<'_>)> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match dead.get(i) {
+                Some((node, _)) => (c, Route::Node(node.as_str())),
+                None => (c, Route::Auto),
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(routed.len());
+        for reply in self.resolver.round_trip_routed(&routed, until) {
+            replies.push(reply.map_err(RedisError::from)?);
+        }
         let (kills, lookups) = replies.split_at(dead.len().min(replies.len()));
-        for (d, kill) in dead.iter().zip(kills) {
+        for ((node, d), kill) in dead.iter().zip(kills) {
             // The count killed: 1 now, 0 when it was already gone. Either
             // way nothing more of it runs. An error (CLIENT KILL renamed
             // or not permitted) leaves the old window open: say so once.
             if let Err(e) = kill {
                 log::warn!(
-                    "could not kill failed redis connection {}: {e}; an unknown outcome may still turn into a sale",
+                    "could not kill failed redis connection {} on {node}: {e}; an unknown outcome may still turn into a sale",
                     d.id
                 );
             }
-            self.conn.forget_dead(d);
+            self.conn.forget_dead(node, d);
         }
         let mut found = Vec::with_capacity(attempts.len());
         for pair in lookups.chunks(2) {
@@ -283,12 +294,13 @@ impl Deducter {
     ) -> Result<(), RedisError> {
         let msg =
             serde_json::json!({"kind": "sold_out", "event_id": event_id, "goods_id": goods_id});
-        self.run(
-            redis::cmd("PUBLISH")
-                .arg(keys::CHANGED)
-                .arg(msg.to_string()),
-        )
-        .map(drop)
+        self.conn
+            .query::<Value>(
+                redis::cmd("PUBLISH")
+                    .arg(keys::CHANGED)
+                    .arg(msg.to_string()),
+            )
+            .map(drop)
     }
 }
 
@@ -316,8 +328,10 @@ fn add_args(cmd: &mut redis::Cmd, keys: &GoodsKeys, a: &Attempt, ts_ms: u64) {
 }
 
 /// One reply of the pipeline -> the attempt's result.
-fn to_result(reply: redis::RedisResult<Value>) -> Result<DeductOutcome, DeductError> {
-    reply.map_err(DeductError::Script).and_then(outcome)
+fn to_result(
+    reply: Result<redis::RedisResult<Value>, TripError>,
+) -> Result<DeductOutcome, DeductError> {
+    reply?.map_err(DeductError::Script).and_then(outcome)
 }
 
 /// The script's reply -> `DeductOutcome`.

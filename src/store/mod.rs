@@ -3,17 +3,19 @@
 //!
 //! - [`keys`]: every key of SPEC §3, and the id syntax that keeps goods
 //!   apart.
-//! - [`conn`]: a connection made on first use and made again after a
-//!   failure; one deadline per round trip.
+//! - [`access`]: the one door every caller uses, to a single server or a
+//!   Redis Cluster (routing by the `{E:G}` hash tag, a pipeline split per
+//!   master, redirections followed).
+//! - [`conn`]: a connection to one server made on first use and made again
+//!   after a failure; one deadline per round trip.
 //! - [`breaker`]: the circuit breaker every Redis caller on the sale path
 //!   shares.
 //! - [`deduct`] (stage 7 of the request path) and `deduct.lua`: the sale,
 //!   one atomic script per attempt.
 //! - `reset.lua` ([`RESET_SCRIPT`]): an admin reset, one atomic script that
 //!   starts a goods' new sale with stream ids above its epoch.
-//!
-//! Redis Cluster (routing by the `{E:G}` hash tag) belongs here too.
 
+pub(crate) mod access;
 pub mod breaker;
 pub(crate) mod conn;
 pub mod deduct;
@@ -22,3 +24,5 @@ pub mod keys;
 /// The admin reset of one goods (`reset.lua`): sent with `EVAL`, as resets
 /// are rare. Returns the epoch every new order's stream id is above.
 pub(crate) const RESET_SCRIPT: &str = include_str!("reset.lua");
+
+pub use access::Endpoint;

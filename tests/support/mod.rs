@@ -10,6 +10,7 @@
 //!   fails the test instead of hanging it.
 //! - `pg::PgServer`, `haproxy::Haproxy`: a private PostgreSQL and a private
 //!   haproxy (the shipped `deploy/haproxy.cfg`), each stopped by PID.
+//! - `cluster::RedisCluster`: a private three-master Redis Cluster.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod haproxy;
 pub mod pg;
 
@@ -238,13 +240,44 @@ pub const FAR: u64 = 4_102_444_800;
 /// holding the whole stock (nodes 1, factor 1). A test changes the fields
 /// it cares about; `Seckill::start` writes it out as TOML.
 pub fn config(redis: &RedisServer) -> Config {
+    let mut c = base_config();
+    c.redis.url = redis.url();
+    c
+}
+
+/// As `config`, on a Redis Cluster (`redis.nodes`).
+pub fn cluster_config(cluster: &cluster::RedisCluster) -> Config {
+    let mut c = base_config();
+    c.redis.nodes = cluster.urls();
+    c
+}
+
+/// Runs `seckill check --event e1 ARGS` with `config`: exit code, and
+/// stdout then stderr.
+pub fn check(config: &Config, args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml::to_string(config).expect("toml")).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_seckill"))
+        .args(["check", "--event", "e1", "--config"])
+        .arg(&path)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("seckill check runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn base_config() -> Config {
     let mut c = Config::default();
     c.server.bind = "127.0.0.1:0".parse().expect("addr");
     c.server.threads = 2;
     c.admin.bind = "127.0.0.1:0".parse().expect("addr");
     c.admin.key = ADMIN_KEY.to_string();
     c.auth.secret = SECRET.to_string();
-    c.redis.url = redis.url();
     shop(&mut c).rate = 0;
     c.stock.nodes = 1;
     c.stock.factor = 1.0;
