@@ -7,7 +7,9 @@
 //! it beside `redis-benchmark -P 16` running the same script.
 //!
 //! `cargo run --release --example worker_alone -- --redis redis://127.0.0.1:6379/ --goods w --rounds 4`
-//! (the goods `e1`/`<goods>` must have stock for every task).
+//! (the goods `e1`/`<goods>` must have stock for every task). `--goods a,b,c`
+//! spreads the tasks over several goods in turn; `--cluster` reads `--redis`
+//! as a comma-separated list of Redis Cluster seed nodes (`redis.nodes`).
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -26,15 +28,21 @@ use seckill::shutdown::Shutdown;
 use seckill::stock::Stock;
 use seckill::store::breaker::Breaker;
 use seckill::store::deduct::Deducter;
+use seckill::store::Endpoint;
 use seckill::worker::Worker;
 
 /// The worker alone, with its queue kept full.
 #[derive(clap::Parser)]
 struct Args {
-    /// Redis holding `seckill:{e1:<goods>}:stock`.
+    /// Redis holding `seckill:{e1:<goods>}:stock` (with `--cluster`: the
+    /// cluster's seed nodes, comma-separated).
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     redis: String,
-    /// Goods of event e1 to sell; its stock must cover every task.
+    /// `--redis` is a Redis Cluster.
+    #[arg(long)]
+    cluster: bool,
+    /// Goods of event e1 to sell, comma-separated, taken in turn; their
+    /// stock must cover every task.
     #[arg(long, default_value = "w")]
     goods: String,
     /// Tasks queued per round.
@@ -48,13 +56,22 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Args {
         redis,
+        cluster,
         goods,
         tasks,
         rounds,
     } = clap::Parser::parse();
+    let endpoint = if cluster {
+        Endpoint::Cluster(redis.split(',').map(str::to_string).collect())
+    } else {
+        Endpoint::Single(redis)
+    };
+    let goods: Vec<String> = goods.split(',').map(str::to_string).collect();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let stock = Stock::new(1, 1.0);
-    stock.learn("e1", &goods, i64::MAX / 2, 1, std::time::Instant::now());
+    for g in &goods {
+        stock.learn("e1", g, i64::MAX / 2, 1, std::time::Instant::now());
+    }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let (linger, _linger_thread) = Linger::start()?;
@@ -73,7 +90,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (server_side, _) = listener.accept()?;
             server_side.set_nonblocking(true)?;
             let uid = format!("w{round}x{i}");
-            let Ok(lease) = stock.try_take("e1", &goods, &uid) else {
+            let g = &goods[i % goods.len()];
+            let Ok(lease) = stock.try_take("e1", g, &uid) else {
                 return Err("no lease: the memory share ran out".into());
             };
             let task = Task {
@@ -88,7 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 attempt: Attempt {
                     uid,
                     event_id: "e1".into(),
-                    goods_id: goods.clone(),
+                    goods_id: g.clone(),
                 },
                 arrived_at: clock.now(),
                 lease,
@@ -98,7 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         drop(producer); // the worker stops once the queue is empty
-        let deducter = Deducter::new(&redis, Duration::from_secs(5))?;
+        let deducter = Deducter::new(endpoint.clone(), Duration::from_secs(5))?;
         let metrics = Metrics::default();
         let worker = Worker::new(
             consumer,

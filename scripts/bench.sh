@@ -13,6 +13,10 @@
 #                this is the cost of the hop, not scaling
 #   worker       the worker alone, queue kept full (examples/worker_alone),
 #                vs redis-benchmark -P 16 running the same Lua script
+#   worker-rc    the worker alone against a 3-master Redis Cluster, tasks
+#                spread over 12 goods (so over every master), vs the same on
+#                the one Redis, rounds interleaved: on two cores, the cost of
+#                routing and of three servers sharing the cores, not scaling
 #   memory       server RSS growth per idle keep-alive connection at 10 000
 #                connections (examples/idle_conns)
 #   sink         seckill sink: a backlog of 100 000 stream entries into a
@@ -257,6 +261,37 @@ RB=$(redis-benchmark -h 127.0.0.1 -p "$RPORT" -n 200000 -P 16 -r 1000000000 -q \
   'u__rand_int__' e1 rb 0 2>/dev/null | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{printf "%.0f", $1}')
 log "worker alone: $W_RATE deducts/s; redis-benchmark -P 16: $RB req/s"
 
+# ---- the worker against a Redis Cluster vs the one Redis, 12 goods each ----
+mkdir -p "$RUN/rc"
+redis_cluster_start "$RUN/rc" no >"$RUN/rc/pids" || { cat "$RUN/rc/pids"; exit 1; }
+RC_SEEDS=()
+while read -r pid p; do PIDS+=("$pid"); RC_SEEDS+=("redis://127.0.0.1:$p"); done <"$RUN/rc/pids"
+RC_PORT=${RC_SEEDS[0]##*:}
+RC_GOODS=$(seq -f 'c%g' 0 11 | paste -sd,)
+for g in ${RC_GOODS//,/ }; do
+  redis-cli -c -p "$RC_PORT" set "seckill:{e1:$g}:stock" 100000000 >/dev/null
+  rcli set "seckill:{e1:$g}:stock" 100000000 >/dev/null
+done
+# How many masters hold goods (redis-cli --cluster create gives three
+# masters 0-5460, 5461-10922 and 10923-16383).
+RC_MASTERS=$(for g in ${RC_GOODS//,/ }; do
+  redis-cli -p "$RC_PORT" cluster keyslot "seckill:{e1:$g}:stock"
+done | awk '{ if ($1 <= 5460) a=1; else if ($1 <= 10922) b=1; else c=1 } END { print a+b+c }')
+declare -A WRC=()
+for r in $(seq "$ROUNDS"); do
+  for mode in one cluster; do
+    if [[ $mode == one ]]; then
+      out=$("$WORKER" --redis "redis://127.0.0.1:$RPORT/" --goods "$RC_GOODS" --tasks 5000 --rounds 1 2>/dev/null)
+    else
+      out=$("$WORKER" --cluster --redis "$(IFS=,; echo "${RC_SEEDS[*]}")" --goods "$RC_GOODS" --tasks 5000 --rounds 1 2>/dev/null)
+    fi
+    WRC[$mode]+=" $(sed -E 's/.*deducts_per_s=([0-9]+).*/\1/' <<<"$out")"
+  done
+done
+WRC_ONE=$(tr ' ' '\n' <<<"${WRC[one]}" | grep . | median)
+WRC_CL=$(tr ' ' '\n' <<<"${WRC[cluster]}" | grep . | median)
+log "worker, 12 goods: one Redis $WRC_ONE deducts/s, Redis Cluster ($RC_MASTERS of 3 masters hold goods) $WRC_CL deducts/s"
+
 # ---- the sink: a backlog into PostgreSQL, vs COPY of the same rows ----
 PGPORT=$(free_port)
 chmod 755 "$RUN" # PostgreSQL runs as postgres when we are root
@@ -347,6 +382,8 @@ printf '%-10s %14.0f %14.0f %8s %10s ms   (the same through haproxy to 3 nodes, 
   via-lb "$lb" "$so" "$(ratio "$lb" "$so")" "$lbp"
 printf '%-10s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\n' \
   worker "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
+printf '%-10s %14.0f %14.0f %8s   (deducts/s, 12 goods on a 3-master Redis Cluster vs the same on one Redis)\n' \
+  worker-rc "$WRC_CL" "$WRC_ONE" "$(ratio "$WRC_CL" "$WRC_ONE")"
 printf '%-10s %14s %14s %8s   (RSS bytes per idle keep-alive connection, 10000 connections)\n' \
   memory "${MEM_PER:-?}" - -
 printf '%-10s %14s %14s %8s   (orders/s into PostgreSQL from a %s-entry backlog vs psql \\copy rows/s)\n' \

@@ -2,7 +2,8 @@
 # Several seckill nodes behind haproxy, on loopback (SPEC §10).
 #
 #   scripts/cluster.sh up N [--redis-cluster]
-#       a private Redis, N nodes (stock.nodes = N, one event loop each) and
+#       a private Redis (with --redis-cluster: a 3-master Redis Cluster,
+#       redis.nodes), N nodes (stock.nodes = N, one event loop each) and
 #       haproxy in front of them (deploy/haproxy.cfg, its bind and server
 #       lines replaced), every one on a free port; creates the demo event
 #       (examples/demo-event.json) and prints a curl that buys through the
@@ -48,10 +49,6 @@ started() { echo "$1 $2" >>"$pids"; }
 up() {
   local n=$1 redis_cluster=$2
   [[ $n =~ ^[1-9][0-9]*$ ]] || usage
-  if [[ $redis_cluster == 1 ]]; then
-    echo "$0: --redis-cluster: seckill does not speak Redis Cluster yet (redis.nodes, issue 10); run without it for one Redis" >&2
-    exit 2
-  fi
   if [[ -f $pids ]]; then
     echo "already up ($pids): $0 down first" >&2
     exit 1
@@ -69,15 +66,31 @@ up() {
   mkdir -p "$dir"
   trap 'echo "up failed: stopping what started" >&2; down' ERR
 
-  local rport secret key
-  rport=$(free_port)
-  setsid redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly yes \
-    --appendfsync everysec --dir "$dir" --logfile "$dir/redis.log" </dev/null >/dev/null 2>&1 &
-  started redis $!
-  for _ in $(seq 100); do
-    [[ $(redis-cli -p "$rport" ping 2>/dev/null || true) == PONG ]] && break
-    sleep 0.05
-  done
+  local rport secret key redis_section where
+  if [[ $redis_cluster == 1 ]]; then
+    # Three masters, no replicas; each keeps an AOF in its own dir.
+    local ports=() seeds=() pid p k=0
+    redis_cluster_start "$dir" yes >"$dir/redis-cluster.pids" ||
+      { while read -r pid p; do started "redis$((++k))" "$pid"; done <"$dir/redis-cluster.pids"; false; }
+    while read -r pid p; do
+      started "redis$((++k))" "$pid"
+      ports+=("$p")
+      seeds+=("\"redis://127.0.0.1:$p\"")
+    done <"$dir/redis-cluster.pids"
+    redis_section="nodes = [$(IFS=,; echo "${seeds[*]}")]"
+    where="a 3-master Redis Cluster on 127.0.0.1:$(IFS=,; echo "${ports[*]}")"
+  else
+    rport=$(free_port)
+    setsid redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly yes \
+      --appendfsync everysec --dir "$dir" --logfile "$dir/redis.log" </dev/null >/dev/null 2>&1 &
+    started redis $!
+    for _ in $(seq 100); do
+      [[ $(redis-cli -p "$rport" ping 2>/dev/null || true) == PONG ]] && break
+      sleep 0.05
+    done
+    redis_section="url = \"redis://127.0.0.1:$rport/\""
+    where="one Redis on 127.0.0.1:$rport"
+  fi
   secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
@@ -95,7 +108,7 @@ key = "$key"
 [auth]
 secret = "$secret"
 [redis]
-url = "redis://127.0.0.1:$rport/"
+$redis_section
 [stock]
 nodes = $n
 TOML
@@ -134,7 +147,7 @@ TOML
   token=$("$bin" token --uid demo-user --secret "$secret")
   cat <<MSG
 
-$n nodes behind haproxy on 127.0.0.1:$lb, one Redis on 127.0.0.1:$rport (state and logs: $dir)
+$n nodes behind haproxy on 127.0.0.1:$lb, $where (state and logs: $dir)
 Buy a sticker (3 in stock) as demo-user, through the balancer:
 
   curl -s -X PUT http://127.0.0.1:$lb/shop/cart/add -H 'Authorization: Bearer $token' -d '{"event_id":"demo","goods_id":"sticker"}'

@@ -85,3 +85,41 @@ haproxy_config() {
     { print }
     END { printf "%s", servers }' deploy/haproxy.cfg
 }
+
+# redis_cluster_start DIR AOF(yes|no): three Redis Cluster masters, no
+# replicas, on free loopback ports (each with its cluster bus port, +10000,
+# free too), with their data and logs in DIR/redis1..3; joined with
+# `redis-cli --cluster create`, then waited for until every one says
+# cluster_state:ok. Prints "PID PORT" for each master on stdout, for the
+# caller to stop by PID; returns 1 (saying why) when the cluster did not form.
+redis_cluster_start() {
+  local dir=$1 aof=$2 ports=() p i
+  for i in 1 2 3; do
+    while :; do
+      p=$(free_port)
+      (echo >"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null || break
+    done
+    mkdir -p "$dir/redis$i"
+    setsid redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "$dir/redis$i/nodes.conf" --cluster-node-timeout 5000 \
+      --save "" --appendonly "$aof" --appendfsync everysec --dir "$dir/redis$i" \
+      --logfile "$dir/redis$i/redis.log" </dev/null >/dev/null 2>&1 &
+    echo "$! $p"
+    # Up before the next port is picked, so two masters never pick one.
+    for _ in $(seq 100); do
+      [[ $(redis-cli -p "$p" ping 2>/dev/null || true) == PONG ]] && break
+      sleep 0.05
+    done
+    ports+=("$p")
+  done
+  redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
+    >"$dir/cluster-create.log" 2>&1 || { cat "$dir/cluster-create.log" >&2; return 1; }
+  for p in "${ports[@]}"; do
+    for _ in $(seq 200); do
+      redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+      sleep 0.05
+    done
+    redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' ||
+      { echo "redis cluster node $p is not ok" >&2; return 1; }
+  done
+}
