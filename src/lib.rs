@@ -50,8 +50,9 @@
 //! more than one file gets its own folder**; the wiring and the vocabulary
 //! every stage shares stay at the top.
 //!
-//! - [`store`]: the Redis access layer: keys and id syntax, connections,
-//!   the breaker, the deduct script. Redis Cluster goes here.
+//! - [`store`]: the Redis access layer: keys and id syntax, one door to a
+//!   single Redis or a Redis Cluster, connections, the breaker, the deduct
+//!   script.
 //! - [`catalog`]: events and goods: the model admin shares, the snapshot
 //!   the loops read, the refresh threads.
 //! - [`client`]: the client side: the load generator and the one HTTP
