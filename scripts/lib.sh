@@ -93,24 +93,37 @@ haproxy_config() {
 # cluster_state:ok. Prints "PID PORT" for each master on stdout, for the
 # caller to stop by PID; returns 1 (saying why) when the cluster did not form.
 redis_cluster_start() {
-  local dir=$1 aof=$2 ports=() p i
+  local dir=$1 aof=$2 ports=() p i try
   for i in 1 2 3; do
-    while :; do
-      p=$(free_port)
-      (echo >"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null || break
-    done
     mkdir -p "$dir/redis$i"
-    setsid redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
-      --cluster-config-file "$dir/redis$i/nodes.conf" --cluster-node-timeout 5000 \
-      --save "" --appendonly "$aof" --appendfsync everysec --dir "$dir/redis$i" \
-      --logfile "$dir/redis$i/redis.log" </dev/null >/dev/null 2>&1 &
-    echo "$! $p"
-    # Up before the next port is picked, so two masters never pick one.
-    for _ in $(seq 100); do
-      [[ $(redis-cli -p "$p" ping 2>/dev/null || true) == PONG ]] && break
-      sleep 0.05
+    for try in 1 2 3 4 5; do
+      # Both ports below the ephemeral range (32768+), so no outgoing
+      # connection takes the bus port between this check and the bind.
+      while :; do
+        p=$((20000 + RANDOM % 2700))
+        (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+        (echo >"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null || break
+      done
+      setsid redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+        --cluster-config-file "$dir/redis$i/nodes.conf" --cluster-node-timeout 5000 \
+        --save "" --appendonly "$aof" --appendfsync everysec --dir "$dir/redis$i" \
+        --logfile "$dir/redis$i/redis.log" </dev/null >/dev/null 2>&1 &
+      local pid=$!
+      # Up before the next port is picked, so two masters never pick one.
+      for _ in $(seq 100); do
+        [[ $(redis-cli -p "$p" ping 2>/dev/null || true) == PONG ]] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+      done
+      if [[ $(redis-cli -p "$p" ping 2>/dev/null || true) == PONG ]]; then
+        echo "$pid $p"
+        ports+=("$p")
+        break
+      fi
+      kill -KILL "$pid" 2>/dev/null || true
+      [[ $try == 5 ]] && { echo "redis cluster node $i did not start:" >&2; tail -5 "$dir/redis$i/redis.log" >&2; return 1; }
+      rm -f "$dir/redis$i/nodes.conf"
     done
-    ports+=("$p")
   done
   redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
     >"$dir/cluster-create.log" 2>&1 || { cat "$dir/cluster-create.log" >&2; return 1; }

@@ -270,12 +270,14 @@ impl Admin {
     /// `with_event`). With a sink, first waits up to `DELETE_WAIT` for
     /// their orders to be persisted (acknowledged by the sink's group) and
     /// refuses with nothing deleted when some are not, unless `force`.
-    /// The event keeps selling meanwhile: each goods' stream is watched
-    /// from its last check to its delete, and a sale in between aborts that
-    /// delete and checks again, so no order sold after the check is deleted
-    /// unpersisted. Goods are deleted one at a time (on a Redis Cluster
-    /// each lives on its own master, and a transaction stays on one); the
-    /// event goes last.
+    /// The event keeps selling meanwhile: the streams are watched from the
+    /// last check to the delete, and a sale in between aborts the delete
+    /// and checks again, so no order sold after the check is deleted
+    /// unpersisted. On one Redis that is one transaction for every goods;
+    /// on a Redis Cluster one per slot (a transaction stays in one), so a
+    /// 4009 there may come after the goods of other slots, every order of
+    /// theirs persisted, were deleted; the event itself goes last, so the
+    /// `DELETE` can be sent again.
     fn remove(
         &mut self,
         event_id: &str,
@@ -309,17 +311,31 @@ impl Admin {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let watching = self.sink && !force;
+        // One transaction per group of goods that may share one: all of
+        // them on one Redis (so a refusal still deletes nothing); on a
+        // cluster the goods of one slot (a transaction stays in a slot).
+        let mut groups: Vec<(u16, Vec<&Goods>)> = Vec::new();
         for s in &streams {
-            let k = GoodsKeys::new(event_id, &s.goods_id);
-            let at = s.key.as_bytes();
+            let g = self.conn.txn_group(s.key.as_bytes());
+            match groups.iter_mut().find(|(k, _)| *k == g) {
+                Some((_, list)) => list.push(s),
+                None => groups.push((g, vec![s])),
+            }
+        }
+        let watching = self.sink && !force;
+        for (_, group) in &groups {
+            let keys: Vec<&[u8]> = group.iter().map(|s| s.key.as_bytes()).collect();
+            let at = keys[0];
             loop {
-                // WATCH, the check and MULTI/EXEC all go to the master of
-                // the goods' slot, on one connection: a failure in between
-                // ends the delete (`?`), so EXEC never runs unwatched.
-                if watching {
-                    self.conn.query::<()>(redis::cmd("WATCH").arg(&s.key))?;
-                    let left = stream::unpersisted(&mut self.conn, s)?;
+                // WATCH, the check and MULTI/EXEC go to the master of the
+                // group's slot; EXEC runs only on the connection that
+                // holds the WATCH (`exec_watched`).
+                let watched = if watching {
+                    let watched = self.conn.watch(&keys)?;
+                    let mut left = 0;
+                    for s in group {
+                        left += stream::unpersisted(&mut self.conn, s)?;
+                    }
                     if left > 0 {
                         self.conn.query_at::<()>(at, &redis::cmd("UNWATCH"))?;
                         if std::time::Instant::now() >= until {
@@ -328,20 +344,27 @@ impl Admin {
                         std::thread::sleep(Duration::from_millis(100));
                         continue;
                     }
-                }
+                    Some(watched)
+                } else {
+                    None
+                };
                 let mut pipe = redis::pipe();
-                pipe.cmd("MULTI")
-                    .del(&k.stock)
-                    .del(&k.buyers)
-                    .del(&k.orders)
-                    .del(&k.reset)
-                    .cmd("EXEC");
-                let replies = self
-                    .conn
-                    .round_trip_at(at, &pipe)
-                    .map_err(redis::RedisError::from)?;
+                pipe.cmd("MULTI");
+                for s in group {
+                    let k = GoodsKeys::new(event_id, &s.goods_id);
+                    pipe.del(&k.stock)
+                        .del(&k.buyers)
+                        .del(&k.orders)
+                        .del(&k.reset);
+                }
+                pipe.cmd("EXEC");
+                let replies = match watched {
+                    Some(w) => self.conn.exec_watched(w, at, &pipe),
+                    None => self.conn.round_trip_at(at, &pipe),
+                }
+                .map_err(redis::RedisError::from)?;
                 match replies.last() {
-                    // Nil: the watched stream changed (a sale); check again.
+                    // Nil: a watched stream changed (a sale); check again.
                     Some(Ok(redis::Value::Nil)) => continue,
                     Some(Ok(_)) => break,
                     Some(Err(e)) => return Err(Fail::Redis(e.clone())),

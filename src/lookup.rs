@@ -33,8 +33,7 @@ use crate::http::response::DateCache;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::access::{Endpoint, Redis};
-use crate::store::breaker::Breaker;
-use crate::store::conn::TripError;
+use crate::store::breaker::{Breaker, Lane};
 use crate::store::keys::GoodsKeys;
 
 /// Result requests waiting for Redis at most.
@@ -136,54 +135,90 @@ impl Asker {
         if batch.is_empty() {
             return;
         }
-        if !self.breaker.try_call(now) {
-            for q in batch {
+        // Each breaker lane asked once; an open one's questions go only
+        // as its probe.
+        let mut lanes: Vec<(Lane, bool)> = Vec::new();
+        let mut go = Vec::with_capacity(batch.len());
+        for q in batch {
+            let lane = self.breaker.lane(&q.event_id, &q.goods_id);
+            let allowed = match lanes.iter().find(|(l, _)| *l == lane) {
+                Some(&(_, allowed)) => allowed,
+                None => {
+                    let allowed = self.breaker.try_call(lane, now);
+                    lanes.push((lane, allowed));
+                    allowed
+                }
+            };
+            if allowed {
+                go.push((lane, q));
+            } else {
                 q.conn.answer(Code::RedisError, None, date);
             }
+        }
+        if go.is_empty() {
             return;
         }
+        let (q_lanes, batch): (Vec<Lane>, Vec<Question>) = go.into_iter().unzip();
         let until = self.shutdown.trip_deadline(self.request_timeout, now);
         let found = self.orders_of(&batch, until);
-        self.breaker.record(found.is_ok(), self.clock.now());
-        let found = found.unwrap_or_else(|e| {
-            log::debug!("result lookup failed: {e:?}");
-            batch.iter().map(|_| Err(())).collect()
-        });
+        let done = self.clock.now();
+        for &(lane, _) in lanes.iter().filter(|(_, allowed)| *allowed) {
+            let ok = q_lanes
+                .iter()
+                .zip(&found)
+                .filter(|(l, _)| **l == lane)
+                .all(|(_, r)| !matches!(r, Found::Failed));
+            self.breaker.record(lane, ok, done);
+        }
         let date = self.date.get(self.clock.unix_s());
         for (q, order) in batch.into_iter().zip(found) {
             match order {
-                Ok(Some(order_id)) => {
+                Found::Order(Some(order_id)) => {
                     let data = serde_json::json!({"status": "won", "order_id": order_id});
                     q.conn.answer(Code::Ok, Some(&data.to_string()), date);
                 }
-                Ok(None) => q.conn.answer(Code::Ok, Some(r#"{"status":"none"}"#), date),
-                Err(()) => q.conn.answer(Code::RedisError, None, date),
+                Found::Order(None) => q.conn.answer(Code::Ok, Some(r#"{"status":"none"}"#), date),
+                Found::BadKey | Found::Failed => q.conn.answer(Code::RedisError, None, date),
             }
         }
     }
 
     /// `HGET buyers uid` for every question, in one round trip. A per-key
-    /// error (a wrong-type `buyers`) fails only its own question.
-    #[allow(clippy::type_complexity)]
-    fn orders_of(
-        &mut self,
-        batch: &[Question],
-        until: Option<Instant>,
-    ) -> Result<Vec<Result<Option<String>, ()>>, TripError> {
+    /// error (a wrong-type `buyers`) fails only its own question; on a
+    /// Redis Cluster, a master that does not answer fails only the
+    /// questions on its goods.
+    fn orders_of(&mut self, batch: &[Question], until: Option<Instant>) -> Vec<Found> {
         let mut pipe = redis::pipe();
         for q in batch {
             pipe.cmd("HGET")
                 .arg(GoodsKeys::new(&q.event_id, &q.goods_id).buyers)
                 .arg(&q.uid);
         }
-        let replies = self.conn.round_trip(&pipe, until)?;
-        Ok(replies
+        self.conn
+            .round_trip_each(&pipe, until)
             .into_iter()
             .map(|r| match r {
-                Ok(Value::Nil) => Ok(None),
-                Ok(Value::BulkString(b)) => String::from_utf8(b).map(Some).map_err(drop),
-                _ => Err(()),
+                Ok(Ok(Value::Nil)) => Found::Order(None),
+                Ok(Ok(Value::BulkString(b))) => {
+                    String::from_utf8(b).map_or(Found::BadKey, |o| Found::Order(Some(o)))
+                }
+                Ok(_) => Found::BadKey,
+                Err(e) => {
+                    log::debug!("result lookup failed: {e:?}");
+                    Found::Failed
+                }
             })
-            .collect())
+            .collect()
     }
+}
+
+/// What Redis said of one question.
+enum Found {
+    /// The uid's order id in `buyers`, or none.
+    Order(Option<String>),
+    /// An answer of the wrong shape (a wrong-type `buyers`): this goods'
+    /// problem, not the breaker's.
+    BadKey,
+    /// The round trip failed for it.
+    Failed,
 }

@@ -90,7 +90,10 @@ impl Public {
         }
         let lease = self.stock.try_take(event_id, goods_id, uid)?;
         // Each refusal below drops the lease, which gives the unit back.
-        if !self.breaker.admit(now.at) {
+        if !self
+            .breaker
+            .admit(self.breaker.lane(event_id, goods_id), now.at)
+        {
             return Err(Code::RedisError);
         }
         if self.queue.is_full() {
@@ -125,7 +128,10 @@ impl Public {
         }
         // Like a sale: while Redis is known down, say so at once rather
         // than queue a question that would wait out a timeout.
-        if !self.breaker.admit(now.at) {
+        if !self
+            .breaker
+            .admit(self.breaker.lane(event_id, goods_id), now.at)
+        {
             return Err(Code::RedisError);
         }
         Ok(Claim::Result {

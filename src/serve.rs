@@ -171,10 +171,14 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .watch(path, shutdown.flag())
             .map_err(|e| format!("blacklist thread: {e}"))?;
     }
-    let breaker = Breaker::new(
-        config.breaker.failures,
-        Duration::from_millis(config.breaker.probe_ms),
-    );
+    // One breaker on a single Redis; one per hash slot on a cluster, so
+    // a master that stops answering stops only its own goods.
+    let probe_every = Duration::from_millis(config.breaker.probe_ms);
+    let breaker = if config.redis.nodes.is_empty() {
+        Breaker::new(config.breaker.failures, probe_every)
+    } else {
+        Breaker::per_slot(config.breaker.failures, probe_every)
+    };
 
     let queue_cfg = config.shop_queue();
     let (producer, consumer) = queue::open(SHOP_QUEUE, &queue_cfg)?;

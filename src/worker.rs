@@ -49,7 +49,7 @@ use crate::http::response::DateCache;
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Popped};
 use crate::shutdown::Shutdown;
-use crate::store::breaker::Breaker;
+use crate::store::breaker::{Breaker, Lane};
 use crate::store::deduct::{DeductError, DeductOutcome, Deducter, Resolved};
 
 /// Tasks sent to Redis in one round trip at most.
@@ -161,26 +161,50 @@ impl Worker {
 
     fn deduct_and_answer(&mut self, batch: Vec<Task>) {
         let started = self.clock.now();
-        if !self.breaker.try_call(started) {
-            // Open, and this batch is not the probe: no Redis call, stock back.
-            for task in batch {
+        // Each breaker lane in the batch is asked once: while open, its
+        // tasks go to Redis only as its probe.
+        let mut lanes: Vec<(Lane, bool)> = Vec::new();
+        let mut go = Vec::with_capacity(batch.len());
+        for task in batch {
+            let lane = self
+                .breaker
+                .lane(&task.attempt.event_id, &task.attempt.goods_id);
+            let allowed = match lanes.iter().find(|(l, _)| *l == lane) {
+                Some(&(_, allowed)) => allowed,
+                None => {
+                    let allowed = self.breaker.try_call(lane, started);
+                    lanes.push((lane, allowed));
+                    allowed
+                }
+            };
+            if allowed {
+                go.push((lane, task));
+            } else {
+                // Open, and not the probe: no Redis call, stock back.
                 self.finish(task, Settle::GiveBack, Code::RedisError, None);
             }
+        }
+        if go.is_empty() {
             return;
         }
+        let (task_lanes, batch): (Vec<Lane>, Vec<Task>) = go.into_iter().unzip();
         let attempts: Vec<&Attempt> = batch.iter().map(|t| &t.attempt).collect();
         let until = self.shutdown.trip_deadline(self.request_timeout, started);
         let results = self
             .deducter
             .deduct_many(&attempts, self.clock.unix_ms(), until);
         let done = self.clock.now();
-        // Redis as a whole failed when the trip failed or it refused work
+        // A lane's Redis failed when its trip failed or Redis refused work
         // for reasons of its own (busy, loading); a bad key of one goods is
         // that goods' problem, not the breaker's.
-        let redis_ok = results
-            .iter()
-            .all(|r| !matches!(r, Err(e) if !e.is_goods_specific()));
-        self.breaker.record(redis_ok, done);
+        for &(lane, _) in lanes.iter().filter(|(_, allowed)| *allowed) {
+            let ok = task_lanes
+                .iter()
+                .zip(&results)
+                .filter(|(l, _)| **l == lane)
+                .all(|(_, r)| !matches!(r, Err(e) if !e.is_goods_specific()));
+            self.breaker.record(lane, ok, done);
+        }
         self.metrics
             .redis_round_trip(done.saturating_duration_since(started));
         let mut unknown = Vec::new();
@@ -264,7 +288,15 @@ impl Worker {
             let attempts: Vec<&Attempt> = pending.iter().map(|t| &t.attempt).collect();
             let until = self.shutdown.trip_deadline(self.request_timeout, now);
             let found = self.deducter.resolve(&attempts, until);
-            self.breaker.record(found.is_ok(), self.clock.now());
+            let mut lanes: Vec<Lane> = pending
+                .iter()
+                .map(|t| self.breaker.lane(&t.attempt.event_id, &t.attempt.goods_id))
+                .collect();
+            lanes.sort_unstable();
+            lanes.dedup();
+            for lane in lanes {
+                self.breaker.record(lane, found.is_ok(), self.clock.now());
+            }
             match found {
                 Ok(found) => {
                     for (task, found) in pending.into_iter().zip(found) {

@@ -15,7 +15,7 @@
 //! failed read keeps the last good snapshot and marks the node not ready.
 //! Never: runs on an event loop thread.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,12 +33,19 @@ use crate::store::keys::{self, GoodsKeys};
 /// How often the catalog is re-read even without a pub/sub message.
 pub(crate) const REFRESH: Duration = Duration::from_millis(500);
 
+/// Stock left per goods as last read: shown for a goods whose Redis
+/// Cluster master did not answer this time.
+type LastLeft = HashMap<(String, String), i64>;
+
 /// Reads everything once and builds a snapshot, telling `stock` as it goes.
-/// The keys it had to skip are put in `bad`, each with why.
+/// The keys it had to skip are put in `bad`, each with why. On a Redis
+/// Cluster a master that does not answer costs only its goods' fresh
+/// figures (they keep `last`); when no goods could be read, the read failed.
 fn read(
     conn: &mut Redis,
     stock: &Stock,
     bad: &mut BTreeMap<String, String>,
+    last: &mut LastLeft,
 ) -> redis::RedisResult<Snapshot> {
     let raw = conn.query::<BTreeMap<String, Vec<u8>>>(redis::cmd("HGETALL").arg(keys::EVENTS))?;
     let mut defs: Vec<EventDef> = Vec::with_capacity(raw.len());
@@ -61,30 +68,42 @@ fn read(
     let replies = if pipe.is_empty() {
         Vec::new()
     } else {
-        conn.round_trip(&pipe, None)
-            .map_err(redis::RedisError::from)?
+        conn.round_trip_each(&pipe, None)
     };
+    if let Some(Err(e)) = replies.iter().find(|r| r.is_err()) {
+        if replies.iter().all(|r| r.is_err()) {
+            return Err(e.clone().into());
+        }
+    }
     let mut replies = replies.into_iter();
     let mut stocks = Vec::new();
     for def in &mut defs {
         let event_id = def.event_id.clone();
         def.goods.retain(|g| {
             let key = GoodsKeys::new(&event_id, &g.goods_id).stock;
+            let id = (event_id.clone(), g.goods_id.clone());
             let left = match replies.next() {
                 // A goods without a stock key has none left (the deduct
                 // answers it "not found").
-                Some(Ok(redis::Value::Nil)) => Ok(0),
-                Some(Ok(redis::Value::BulkString(b))) => std::str::from_utf8(&b)
+                Some(Ok(Ok(redis::Value::Nil))) => Ok(0),
+                Some(Ok(Ok(redis::Value::BulkString(b)))) => std::str::from_utf8(&b)
                     .ok()
                     .and_then(stock_number)
                     .ok_or_else(|| "stock is not an integer".to_string()),
-                Some(Ok(other)) => Err(format!("unexpected reply {other:?}")),
-                Some(Err(e)) => Err(e.to_string()),
+                Some(Ok(Ok(other))) => Err(format!("unexpected reply {other:?}")),
+                Some(Ok(Err(e))) => Err(e.to_string()),
+                // Its master did not answer: not a bad key; as last known.
+                Some(Err(_)) => {
+                    stocks.push((last.get(&id).copied().unwrap_or(0), false));
+                    return true;
+                }
                 None => Err("no reply".to_string()),
             };
             match left {
                 Ok(left) => {
-                    stocks.push(left.max(0));
+                    let left = left.max(0);
+                    last.insert(id, left);
+                    stocks.push((left, true));
                     true
                 }
                 Err(why) => {
@@ -94,7 +113,11 @@ fn read(
             }
         });
     }
-    Ok(Snapshot::build(&defs, stocks, stock, Instant::now()))
+    last.retain(|(e, g), _| {
+        defs.iter()
+            .any(|d| &d.event_id == e && d.goods.iter().any(|x| &x.goods_id == g))
+    });
+    Ok(Snapshot::build_read(&defs, stocks, stock, Instant::now()))
 }
 
 /// Keeps the catalog and the stock table in step with Redis.
@@ -107,6 +130,7 @@ pub(crate) struct Refresher {
     bad: BTreeMap<String, String>,
     // Whether Redis' persistence settings were read (once per process).
     persistence_known: bool,
+    last: LastLeft,
 }
 
 impl Refresher {
@@ -125,13 +149,14 @@ impl Refresher {
             metrics,
             bad: BTreeMap::new(),
             persistence_known: false,
+            last: HashMap::new(),
         })
     }
 
     /// Reads Redis once and publishes the snapshot; false when Redis failed.
     pub(crate) fn refresh(&mut self) -> bool {
         let mut bad = BTreeMap::new();
-        match read(&mut self.conn, &self.stock, &mut bad) {
+        match read(&mut self.conn, &self.stock, &mut bad, &mut self.last) {
             Ok(snap) => {
                 self.catalog.replace(snap);
                 self.catalog.set_ready(true);

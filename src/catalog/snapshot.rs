@@ -115,9 +115,22 @@ impl Snapshot {
     /// Builds a snapshot from event definitions and each goods' stock left
     /// (in definition order), telling `stock` of every goods as it goes and
     /// forgetting the goods that are gone. Pure but for `stock`: no Redis.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn build(
         defs: &[EventDef],
         stocks: impl IntoIterator<Item = i64>,
+        stock: &Stock,
+        now: Instant,
+    ) -> Snapshot {
+        Self::build_read(defs, stocks.into_iter().map(|s| (s, true)), stock, now)
+    }
+
+    /// As `build`, each stock with whether it was read just now: one not
+    /// read (its Redis Cluster master did not answer) is shown as last
+    /// known and not told to `stock`, so no share is recomputed from it.
+    pub(crate) fn build_read(
+        defs: &[EventDef],
+        stocks: impl IntoIterator<Item = (i64, bool)>,
         stock: &Stock,
         now: Instant,
     ) -> Snapshot {
@@ -127,8 +140,10 @@ impl Snapshot {
         for def in defs {
             let mut goods_out = Vec::with_capacity(def.goods.len());
             for g in &def.goods {
-                let left = stocks.next().unwrap_or(0);
-                stock.learn(&def.event_id, &g.goods_id, left, g.epoch, now);
+                let (left, fresh) = stocks.next().unwrap_or((0, true));
+                if fresh {
+                    stock.learn(&def.event_id, &g.goods_id, left, g.epoch, now);
+                }
                 goods_out.push(GoodsOut {
                     goods_id: &g.goods_id,
                     name: &g.name,

@@ -26,10 +26,22 @@
 //! that failed, to kill it before trusting `HGET buyers` (see `deduct`).
 //! The cluster feature still serves the tests, as an independent reader.
 //!
+//! One master that stops answering must not cost the others' commands:
+//! the masters that failed most recently are written to and read from
+//! last, and a master read after the deadline still gives what it already
+//! sent (`READ_GRACE`).
+//!
+//! Transactions (`watch`, `exec_watched`, `round_trip_at`) never follow a
+//! redirection: a `MOVED` inside `MULTI` aborts the `EXEC`, and sending
+//! the command again outside it would run it unwatched. A `WATCH` holds on
+//! one connection only, so `exec_watched` refuses to run when the
+//! connection it was sent on is gone or the slot moved.
+//!
 //! Invariants: a command is sent to one node at most twice (once more
 //! only after a redirection, which says it did not run); no call outlives
-//! `redis.timeout_ms`; keyless commands (`PUBLISH`, `CLIENT`, `CONFIG`) go
-//! to the first node unless a node is named.
+//! `redis.timeout_ms` (plus `READ_GRACE` per master); keyless commands
+//! (`PUBLISH`, `CLIENT`, `CONFIG`) go to the first node unless a node is
+//! named.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +57,17 @@ pub(crate) const SLOTS: u16 = 16384;
 
 /// How often at most the slot map is read again after a node failed.
 const REREAD_EVERY: Duration = Duration::from_secs(1);
+
+/// A master read after the trip's deadline still gets this long, so the
+/// replies already in its socket are not lost to another master's delay.
+const READ_GRACE: Duration = Duration::from_millis(2);
+
+/// A `WATCH` sent: where, and on which connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watched {
+    node: usize,
+    generation: u64,
+}
 
 /// Where Redis is: `redis.url`, or the cluster's seed nodes
 /// (`redis.nodes`).
@@ -167,7 +190,16 @@ fn key_of(cmd: &Cmd) -> Option<&[u8]> {
             }
         }
         b"XREADGROUP" | b"XREAD" => {
-            let mut args = args.skip_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"));
+            // XREADGROUP GROUP <group> <consumer> ...: a consumer may be
+            // called "streams".
+            let skip = if name.as_slice() == b"XREADGROUP" {
+                3
+            } else {
+                0
+            };
+            let mut args = args
+                .skip(skip)
+                .skip_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"));
             args.next()?;
             args.next()
         }
@@ -327,7 +359,7 @@ impl Redis {
     fn query_routed<T: FromRedisValue>(&mut self, cmd: &Cmd, route: Route<'_>) -> RedisResult<T> {
         let deadline = Instant::now() + self.timeout;
         let reply = self
-            .trip(&[(cmd, route)], deadline)
+            .trip(&[(cmd, route)], deadline, true)
             .pop()
             .unwrap_or_else(|| Err(TripError::NotSent(timed_out())));
         let value = reply.map_err(RedisError::from)??;
@@ -379,11 +411,11 @@ impl Redis {
     ) -> Vec<Reply> {
         let cmds: Vec<(&Cmd, Route<'_>)> = pipe.cmd_iter().map(|c| (c, Route::Auto)).collect();
         let deadline = self.deadline(until);
-        self.trip(&cmds, deadline)
+        self.trip(&cmds, deadline, true)
     }
 
     /// As `round_trip`, every command to the master serving `key`, on one
-    /// connection, in order (`MULTI` ... `EXEC`).
+    /// connection, in order (`MULTI` ... `EXEC`); no redirection followed.
     pub(crate) fn round_trip_at(
         &mut self,
         key: &[u8],
@@ -391,7 +423,77 @@ impl Redis {
     ) -> Result<Vec<RedisResult<Value>>, TripError> {
         let cmds: Vec<(&Cmd, Route<'_>)> = pipe.cmd_iter().map(|c| (c, Route::Key(key))).collect();
         let deadline = self.deadline(None);
-        self.trip(&cmds, deadline).into_iter().collect()
+        self.trip(&cmds, deadline, false).into_iter().collect()
+    }
+
+    /// `WATCH` of every key in `keys`, which must share one slot on a
+    /// cluster (a transaction's keys do), sent to the master serving it.
+    pub(crate) fn watch(&mut self, keys: &[&[u8]]) -> RedisResult<Watched> {
+        let Some(first) = keys.first() else {
+            return Err(RedisError::from((ErrorKind::Client, "WATCH of no key")));
+        };
+        let mut cmd = redis::cmd("WATCH");
+        for k in keys {
+            cmd.arg(*k);
+        }
+        let deadline = self.deadline(None);
+        let node = self.node_for(&cmd, Route::Key(first), deadline)?;
+        let reply = self
+            .trip(&[(&cmd, Route::Key(first))], deadline, false)
+            .pop()
+            .unwrap_or_else(|| Err(TripError::NotSent(timed_out())));
+        reply.map_err(RedisError::from)??;
+        let generation = self.nodes[node]
+            .conn
+            .generation()
+            .ok_or_else(|| RedisError::from((ErrorKind::Io, "WATCH connection lost")))?;
+        Ok(Watched { node, generation })
+    }
+
+    /// Runs `pipe` (`MULTI` ... `EXEC`) where `watched` was sent, and only
+    /// when that connection is still the one (else nothing is sent and
+    /// the watch is reported lost). No redirection followed.
+    pub(crate) fn exec_watched(
+        &mut self,
+        watched: Watched,
+        key: &[u8],
+        pipe: &Pipeline,
+    ) -> Result<Vec<RedisResult<Value>>, TripError> {
+        let deadline = self.deadline(None);
+        let lost = || TripError::NotSent(RedisError::from((ErrorKind::Io, "the WATCH was lost")));
+        let mut first = pipe.cmd_iter();
+        let Some(cmd) = first.next() else {
+            return Ok(Vec::new());
+        };
+        let node = self
+            .node_for(cmd, Route::Key(key), deadline)
+            .map_err(TripError::NotSent)?;
+        if node != watched.node || self.nodes[node].conn.generation() != Some(watched.generation) {
+            return Err(lost());
+        }
+        let cmds: Vec<(&Cmd, Route<'_>)> = pipe.cmd_iter().map(|c| (c, Route::Key(key))).collect();
+        self.trip(&cmds, deadline, false).into_iter().collect()
+    }
+
+    /// Keys that may share a transaction have the same group: all keys
+    /// on one server; on a cluster, the keys of one slot.
+    pub(crate) fn txn_group(&self, key: &[u8]) -> u16 {
+        match self.cluster {
+            None => 0,
+            Some(_) => slot(key),
+        }
+    }
+
+    /// The address of the master serving `key`, as far as the map read
+    /// last says (None on a cluster whose map was never read).
+    pub(crate) fn node_of_key(&self, key: &[u8]) -> Option<&str> {
+        match &self.cluster {
+            None => Some(self.nodes[0].addr.as_str()),
+            Some(map) => {
+                let i = map.owner.get(usize::from(slot(key))).copied().flatten()?;
+                self.nodes.get(usize::from(i)).map(|n| n.addr.as_str())
+            }
+        }
     }
 
     /// One outcome per command, each sent where its route says.
@@ -401,7 +503,7 @@ impl Redis {
         until: Option<Instant>,
     ) -> Vec<Reply> {
         let deadline = self.deadline(until);
-        self.trip(cmds, deadline)
+        self.trip(cmds, deadline, true)
     }
 
     /// `cmd` on every master (every node, on a single server: the one),
@@ -424,7 +526,7 @@ impl Redis {
             .iter()
             .map(|a| (cmd, Route::Node(a.as_str())))
             .collect();
-        let replies = self.trip(&cmds, deadline);
+        let replies = self.trip(&cmds, deadline, true);
         masters.into_iter().zip(replies).collect()
     }
 
@@ -560,6 +662,14 @@ impl Redis {
             map.owner = owner;
             map.stale = false;
         }
+        // A node that serves no slot cannot run a script that sells (a
+        // replica refuses writes): what its dead connections sent is moot.
+        let masters = self.masters();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if !masters.contains(&i) {
+                n.conn.clear_dead();
+            }
+        }
         Ok(())
     }
 
@@ -594,8 +704,8 @@ impl Redis {
     }
 
     /// Sends each command to its node (every node's share written before
-    /// any is read), then follows redirections once.
-    fn trip(&mut self, cmds: &[(&Cmd, Route<'_>)], deadline: Instant) -> Vec<Reply> {
+    /// any is read), then, when `follow`, follows redirections once.
+    fn trip(&mut self, cmds: &[(&Cmd, Route<'_>)], deadline: Instant, follow: bool) -> Vec<Reply> {
         let mut out: Vec<Option<Reply>> = (0..cmds.len()).map(|_| None).collect();
         // node -> (item, after ASKING)
         let mut plan: Vec<(usize, Vec<(usize, bool)>)> = Vec::new();
@@ -605,8 +715,8 @@ impl Redis {
                 Err(e) => out[i] = Some(Err(TripError::NotSent(e))),
             }
         }
-        self.run_plan(cmds, &plan, deadline, &mut out);
-        if self.cluster.is_some() {
+        self.run_plan(cmds, &mut plan, deadline, &mut out);
+        if follow && self.cluster.is_some() {
             let mut again: Vec<(usize, Vec<(usize, bool)>)> = Vec::new();
             for (i, reply) in out.iter().enumerate() {
                 let Some(Ok(Err(e))) = reply else { continue };
@@ -626,7 +736,7 @@ impl Redis {
                 }
             }
             if !again.is_empty() {
-                self.run_plan(cmds, &again, deadline, &mut out);
+                self.run_plan(cmds, &mut again, deadline, &mut out);
             }
         }
         out.into_iter()
@@ -637,12 +747,14 @@ impl Redis {
     fn run_plan(
         &mut self,
         cmds: &[(&Cmd, Route<'_>)],
-        plan: &[(usize, Vec<(usize, bool)>)],
+        plan: &mut [(usize, Vec<(usize, bool)>)],
         deadline: Instant,
         out: &mut [Option<Reply>],
     ) {
+        // The masters that failed last go last (None sorts first).
+        plan.sort_by_key(|(node, _)| self.nodes[*node].failed_at);
         let mut sent = Vec::with_capacity(plan.len());
-        for (node, items) in plan {
+        for (node, items) in plan.iter() {
             let mut packed = Vec::new();
             let mut replies = 0;
             for &(i, asking) in items {
@@ -664,7 +776,8 @@ impl Redis {
             }
         }
         for (node, items, replies) in sent {
-            let (got, err) = self.nodes[node].conn.read(replies, deadline);
+            let until = deadline.max(Instant::now() + READ_GRACE);
+            let (got, err) = self.nodes[node].conn.read(replies, until);
             let mut got = got.into_iter();
             for &(i, asking) in items.iter() {
                 if asking {
@@ -686,7 +799,7 @@ impl Redis {
         let mut out: Vec<Option<Reply>> = (0..cmds.len()).map(|_| None).collect();
         let items: Vec<(usize, bool)> = (0..cmds.len()).map(|j| (j, cmds[j].1)).collect();
         let routed: Vec<(&Cmd, Route<'_>)> = cmds.iter().map(|(c, _)| (*c, Route::Auto)).collect();
-        self.run_plan(&routed, &[(i, items)], deadline, &mut out);
+        self.run_plan(&routed, &mut [(i, items)], deadline, &mut out);
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(TripError::NotSent(timed_out()))))
             .collect()
@@ -714,20 +827,17 @@ pub(crate) fn keeps_data(redis: &mut Redis) -> RedisResult<bool> {
     aof.arg("GET").arg("appendonly");
     let mut save = redis::cmd("CONFIG");
     save.arg("GET").arg("save");
-    let mut every = true;
-    for (_, reply) in redis.on_every_master(&aof) {
-        let aof: Vec<String> = redis::from_redis_value(reply??)?;
-        if aof.get(1).is_some_and(|v| v == "yes") {
-            continue;
-        }
-        every = false;
+    let aofs = redis.on_every_master(&aof);
+    let saves = redis.on_every_master(&save);
+    if aofs.len() != saves.len() {
+        return Err(RedisError::from((ErrorKind::Io, "the masters changed")));
     }
-    if every {
-        return Ok(true);
-    }
-    for (_, reply) in redis.on_every_master(&save) {
-        let save: Vec<String> = redis::from_redis_value(reply??)?;
-        if save.get(1).is_none_or(|v| v.trim().is_empty()) {
+    for ((_, aof), (_, save)) in aofs.into_iter().zip(saves) {
+        let aof: Vec<String> = redis::from_redis_value(aof??)?;
+        let save: Vec<String> = redis::from_redis_value(save??)?;
+        let aof_on = aof.get(1).is_some_and(|v| v == "yes");
+        let saves = save.get(1).is_some_and(|v| !v.trim().is_empty());
+        if !(aof_on || saves) {
             return Ok(false);
         }
     }

@@ -49,6 +49,11 @@ pub(crate) struct LazyConn {
     dead: Vec<ClientId>,
     // INVARIANT: the read timeout set on `conn` now.
     read_timeout: Duration,
+    // INVARIANT: the write timeout set on `conn` now.
+    write_timeout: Duration,
+    // Connections made so far: a `WATCH` holds only on the connection it
+    // was sent on, and this tells whether that is still the one.
+    generation: u64,
 }
 
 /// How a round trip failed.
@@ -132,6 +137,8 @@ impl LazyConn {
             id: None,
             dead: Vec::new(),
             read_timeout: timeout,
+            write_timeout: timeout,
+            generation: 0,
         })
     }
 
@@ -155,6 +162,8 @@ impl LazyConn {
             let deadline = Instant::now() + within;
             let mut conn = connect(&self.client, within)?;
             self.read_timeout = within;
+            self.write_timeout = within;
+            self.generation += 1;
             if self.track_id {
                 // Connecting and asking share the one allowance.
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -192,6 +201,19 @@ impl LazyConn {
         if let Err(e) = self.get_within(left) {
             self.failed(&e);
             return Err(TripError::NotSent(e));
+        }
+        // The write has the time left too: a Redis that stops reading
+        // must not hold the trip past its deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(TripError::NotSent(timed_out()));
+        }
+        if self.write_timeout < left || self.write_timeout > left + TIMEOUT_SLACK {
+            let set = self
+                .connected()
+                .and_then(|conn| conn.set_write_timeout(Some(left)));
+            self.settle(set).map_err(TripError::NotSent)?;
+            self.write_timeout = left;
         }
         let sent = self
             .connected()
@@ -268,6 +290,18 @@ impl LazyConn {
     /// `id` is known gone on the server.
     pub(crate) fn forget_dead(&mut self, id: &ClientId) {
         self.dead.retain(|d| d != id);
+    }
+
+    /// Forgets every dead connection: the server no longer serves slots,
+    /// so nothing they sent can become a sale.
+    pub(crate) fn clear_dead(&mut self) {
+        self.dead.clear();
+    }
+
+    /// Which connection this is (see `generation`), or None when there is
+    /// none now.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        self.conn.as_ref().map(|_| self.generation)
     }
 
     /// The client (for connections with a life of their own: pub/sub).

@@ -34,7 +34,7 @@ use sha1::{Digest, Sha1};
 
 use crate::attempt::Attempt;
 use crate::store::access::{Endpoint, Redis, Route};
-use crate::store::conn::TripError;
+use crate::store::conn::{ClientId, TripError};
 use crate::store::keys::{self, GoodsKeys};
 
 /// The script, kept in its own file so it reads and diffs as Lua.
@@ -208,7 +208,24 @@ impl Deducter {
         attempts: &[&Attempt],
         until: Option<Instant>,
     ) -> Result<Vec<Resolved>, RedisError> {
-        let dead = self.conn.dead_ids();
+        // Only the dead connections to the masters of these attempts'
+        // goods: a master that is down for other goods must not hold up
+        // the truth about these (on one server, that is every one).
+        let homes: Vec<String> = attempts
+            .iter()
+            .filter_map(|a| {
+                let k = GoodsKeys::new(&a.event_id, &a.goods_id);
+                self.conn
+                    .node_of_key(k.stock.as_bytes())
+                    .map(str::to_string)
+            })
+            .collect();
+        let dead: Vec<(String, ClientId)> = self
+            .conn
+            .dead_ids()
+            .into_iter()
+            .filter(|(node, _)| homes.contains(node))
+            .collect();
         let mut cmds = Vec::with_capacity(dead.len() + 2 * attempts.len());
         for (_, d) in &dead {
             // Both filters must match: after a Redis restart an id alone

@@ -12,19 +12,17 @@ use std::time::{Duration, Instant};
 
 use super::{eventually, FAR, IO_TIMEOUT};
 
-/// A cluster node's port, with its bus port (port + 10000) free too.
+/// A cluster node's port, with its bus port (port + 10000) free too, both
+/// below the ephemeral range (32768+), so no outgoing connection takes the
+/// bus port between this check and the server's bind.
 fn free_cluster_port() -> u16 {
-    for _ in 0..100 {
-        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(port) = l.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        if port > 55_000 {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        let port = 20_000 + (h.finish() % 2_700) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
             return port;
         }
     }
