@@ -209,6 +209,23 @@ fn three_nodes_on_a_redis_cluster_sell_exactly_through_a_script_flush_and_persis
     assert_eq!(code, 0, "seckill check: {out}");
     assert!(out.contains("the books balance"), "{out}");
     println!("seckill check after the sale on a Redis Cluster:\n{out}");
+
+    // Every order persisted: DELETE removes the keys on every master (one
+    // transaction per goods' slot), then the event.
+    let auth = format!("Bearer {}", support::ADMIN_KEY);
+    let r = nodes[0]
+        .admin_client()
+        .request("DELETE", "/admin/events/e1", Some(&auth), None);
+    assert_eq!((r.status, r.code()), (200, 0), "DELETE: {:?}", r.json());
+    for g in &goods {
+        for part in ["stock", "buyers", "orders", "reset"] {
+            let key = format!("seckill:{{e1:{g}}}:{part}");
+            let n: i64 = cluster.node_of(&key).cmd(&["EXISTS", &key]);
+            assert_eq!(n, 0, "{key} deleted");
+        }
+    }
+    let e1: Option<String> = cluster.cmd(&["HGET", "seckill:events", "e1"]);
+    assert_eq!(e1, None, "the event deleted");
 }
 
 /// Sends SIGSTOP or SIGCONT.
