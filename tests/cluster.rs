@@ -38,14 +38,8 @@ fn json_of(body: &[u8]) -> serde_json::Value {
     })
 }
 
-/// `cmdstat_eval` calls on one master (`INFO commandstats`).
 fn eval_calls(node: &support::cluster::ClusterNode) -> u64 {
-    let info: String = node.cmd(&["INFO", "commandstats"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_eval:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    RedisCluster::calls(node, "eval")
 }
 
 #[test]
@@ -355,5 +349,69 @@ fn a_paused_master_costs_only_its_own_goods_and_everything_sells_after_it_return
             Some(order.as_str()),
             "{uid}'s order of {g}"
         );
+    }
+}
+
+#[test]
+fn a_goods_whose_slot_moves_mid_sale_sells_on_through_ask_and_moved() {
+    const STOCK: i64 = 150;
+    let cluster = RedisCluster::start();
+    let g = cluster.goods_on_every_master("e1", 1)[0].clone();
+    cluster.seed("e1", &[(&g, STOCK)]);
+    let key = format!("seckill:{{e1:{g}}}:stock");
+    let from = cluster.node_of(&key).port;
+    let to = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port != from)
+        .expect("another master");
+    let s = Seckill::start_ready(&cluster_config(&cluster));
+    let mut wins: HashMap<String, String> = HashMap::new();
+    let mut buy = |uid: String| -> i64 {
+        let r = Client::connect(s.addr).buy(&uid, "e1", &g);
+        if r.code() == 0 {
+            let order = r.json()["data"]["order_id"]
+                .as_str()
+                .expect("order")
+                .to_string();
+            assert!(wins.insert(uid, order).is_none(), "a uid won twice");
+        }
+        r.code()
+    };
+    for i in 0..40 {
+        assert_eq!(buy(format!("a{i}")), 0, "before the move, a{i}");
+    }
+    // Mid-move: the keys are on the new master, the old one answers ASK.
+    let asking_before = RedisCluster::calls(to, "asking");
+    let slot = cluster.move_keys_of(&key, to);
+    for i in 0..40 {
+        assert_eq!(buy(format!("b{i}")), 0, "while the slot migrates, b{i}");
+    }
+    assert!(
+        RedisCluster::calls(to, "asking") > asking_before,
+        "the new master was asked with ASKING"
+    );
+    // Moved: the old master answers MOVED; the map is read again.
+    cluster.finish_move(slot, to);
+    let mut codes: HashMap<i64, usize> = HashMap::new();
+    for i in 0..120 {
+        *codes.entry(buy(format!("c{i}"))).or_default() += 1;
+    }
+    assert_eq!(codes.get(&0), Some(&70), "after the move: {codes:?}");
+    assert_eq!(codes.get(&1001), Some(&50), "then sold out: {codes:?}");
+    assert_eq!(wins.len() as i64, STOCK);
+    let on = |port: u16| -> i64 {
+        let n = cluster.nodes.iter().find(|n| n.port == port).expect("node");
+        n.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+    };
+    assert_eq!(on(from), 0, "nothing left on the old master");
+    assert!(on(to.port) >= 3, "stock, buyers and orders on the new one");
+    assert_eq!(cluster.hlen_buyers("e1", &g), STOCK);
+    assert_eq!(cluster.xlen_orders("e1", &g), STOCK);
+    assert_eq!(cluster.stock("e1", &g), Some(0));
+    for (uid, order) in &wins {
+        let stored: Option<String> =
+            cluster.cmd(&["HGET", &format!("seckill:{{e1:{g}}}:buyers"), uid]);
+        assert_eq!(stored.as_deref(), Some(order.as_str()), "{uid}'s order");
     }
 }

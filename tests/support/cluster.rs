@@ -283,4 +283,52 @@ impl RedisCluster {
             .flat_map(|k| picked.iter().map(move |p| p[k].clone()))
             .collect()
     }
+
+    /// A node's cluster id (`CLUSTER MYID`).
+    pub fn id_of(&self, node: &ClusterNode) -> String {
+        node.cmd(&["CLUSTER", "MYID"])
+    }
+
+    /// Starts moving `key`'s slot to `to` and moves every key of it there,
+    /// leaving the slot in its migrating state: its old master now answers
+    /// `ASK` for those keys. Returns the slot.
+    pub fn move_keys_of(&self, key: &str, to: &ClusterNode) -> u16 {
+        let from = self.node_of(key);
+        assert_ne!(from.port, to.port, "the slot is already there");
+        let slot: i64 = from.cmd(&["CLUSTER", "KEYSLOT", key]);
+        let slot_s = slot.to_string();
+        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
+        let _: () = to.cmd(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]);
+        let _: () = from.cmd(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]);
+        let keys: Vec<String> = from.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot_s, "1000"]);
+        assert!(!keys.is_empty(), "keys in slot {slot}");
+        let port = to.port.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        let _: () = from.cmd(&args);
+        slot as u16
+    }
+
+    /// Ends the move of `slot` to `to`: every node is told its new owner,
+    /// so the old master answers `MOVED`.
+    pub fn finish_move(&self, slot: u16, to: &ClusterNode) {
+        let to_id = self.id_of(to);
+        let slot_s = slot.to_string();
+        // The new owner first, as redis-cli --cluster does.
+        let _: () = to.cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+        for n in self.nodes.iter().filter(|n| n.port != to.port) {
+            let _: () = n.cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+        }
+    }
+
+    /// `cmdstat_<name>` calls on one node (`INFO commandstats`).
+    pub fn calls(node: &ClusterNode, name: &str) -> u64 {
+        let info: String = node.cmd(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{name}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
 }
