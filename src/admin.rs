@@ -323,7 +323,12 @@ impl Admin {
             }
         }
         let watching = self.sink && !force;
-        for (_, group) in &groups {
+        // The event goes in the same transaction as its goods when it can
+        // (always on one Redis): a failure then leaves all or nothing.
+        let events_group = self.conn.txn_group(keys::EVENTS.as_bytes());
+        let mut event_deleted = !with_event;
+        for (g, group) in &groups {
+            let with_hdel = !event_deleted && *g == events_group;
             let keys: Vec<&[u8]> = group.iter().map(|s| s.key.as_bytes()).collect();
             let at = keys[0];
             loop {
@@ -357,6 +362,9 @@ impl Admin {
                         .del(&k.orders)
                         .del(&k.reset);
                 }
+                if with_hdel {
+                    pipe.hdel(keys::EVENTS, event_id);
+                }
                 pipe.cmd("EXEC");
                 let replies = match watched {
                     Some(w) => self.conn.exec_watched(w, at, &pipe),
@@ -366,7 +374,10 @@ impl Admin {
                 match replies.last() {
                     // Nil: a watched stream changed (a sale); check again.
                     Some(Ok(redis::Value::Nil)) => continue,
-                    Some(Ok(_)) => break,
+                    Some(Ok(_)) => {
+                        event_deleted |= with_hdel;
+                        break;
+                    }
                     Some(Err(e)) => return Err(Fail::Redis(e.clone())),
                     None => {
                         return Err(Fail::Redis(redis::RedisError::from((
@@ -377,7 +388,7 @@ impl Admin {
                 }
             }
         }
-        if with_event {
+        if !event_deleted {
             self.conn
                 .query::<()>(redis::cmd("HDEL").arg(keys::EVENTS).arg(event_id))?;
         }

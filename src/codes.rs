@@ -325,7 +325,12 @@ mod tests {
             (Code::from(NoLease::Unknown), Code::NotFound),
             (Code::from(&DeductOutcome::NoStock), Code::NoStock),
             (Code::from(&DeductOutcome::NotFound), Code::NotFound),
-            (Code::from(&DeductError::Unknown), Code::RedisError),
+            (
+                Code::from(&DeductError::Unknown {
+                    node: "127.0.0.1:6379".into(),
+                }),
+                Code::RedisError,
+            ),
             (Code::from(&Resolved::NotSold), Code::RedisError),
         ];
         for (i, (got, want)) in causes.into_iter().enumerate() {

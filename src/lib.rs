@@ -32,7 +32,8 @@
 //!    bounded fan-in [`queue`] (a `/shop/result` question goes to
 //!    [`lookup`] the same way).
 //! 6. [`worker`], [`bucket`]: one worker, paced by the token bucket; 1003
-//!    past `request_timeout_ms`.
+//!    past `request_timeout_ms`; [`resolve`] answers, beside it, the
+//!    attempts whose round trip failed after their scripts were sent.
 //! 7. [`store::deduct`] and `store/deduct.lua`: the atomic sale in Redis ->
 //!    `DeductOutcome`.
 //! 8. [`http::response`]: `Code` + JSON -> bytes, written to the socket;
@@ -92,8 +93,10 @@ pub mod stock;
 // 5. The hand-over, and the queue.
 pub mod hijack;
 pub mod queue;
-// 6. The worker and its pacing.
+// 6. The worker and its pacing; beside it, the thread that answers the
+// attempts whose outcome a failed round trip left unknown.
 pub mod bucket;
+pub(crate) mod resolve;
 pub mod worker;
 // 7 lives in store/ (store::deduct). After 8: slow answers, closed gently.
 pub mod linger;

@@ -17,10 +17,12 @@
 //!    purchased -> 1005; not found -> 4004; Redis failed -> 1002. Every
 //!    outcome but "won" and "no stock" gives the unit back.
 //! 4. a round trip that failed after the scripts were sent leaves the
-//!    outcome unknown: the worker asks Redis (`Deducter::resolve`, a fresh
-//!    connection, the failed one killed first) whether each uid is in
-//!    `buyers`, retrying until the task's deadline, and answers 0 with the
-//!    order when it is, 1002 when it is not or Redis never answered.
+//!    outcome unknown: the worker hands those tasks, with the server each
+//!    script may still run on and the connections that failed, to the
+//!    resolve thread (`resolve`), which asks Redis on its own connection
+//!    whether each uid is in `buyers`, retrying until the task's deadline,
+//!    and answers 0 with the order when it is, 1002 when it is not or
+//!    Redis never answered. The worker goes on meanwhile.
 //!
 //! While the breaker is open, tasks already queued get 1002 without a Redis
 //! call, except the one probe per `probe_ms`; every call's outcome is
@@ -48,14 +50,13 @@ use crate::hijack::Task;
 use crate::http::response::DateCache;
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Popped};
+use crate::resolve::{Job, ResolveThread};
 use crate::shutdown::Shutdown;
 use crate::store::breaker::{Breaker, Lane};
-use crate::store::deduct::{DeductError, DeductOutcome, Deducter, Resolved};
+use crate::store::deduct::{DeductError, DeductOutcome, Deducter};
 
 /// Tasks sent to Redis in one round trip at most.
 pub(crate) const MAX_BATCH: usize = 64;
-/// Pause between two tries to resolve unknown outcomes.
-const RESOLVE_PAUSE: Duration = Duration::from_millis(50);
 
 /// The worker and everything it owns.
 pub struct Worker {
@@ -71,6 +72,8 @@ pub struct Worker {
     broken: HashSet<(String, String)>,
     // The answers' `Date`, formatted once per second.
     date: DateCache,
+    // The resolve thread's inbox, while it runs.
+    resolve: Option<crossbeam_channel::Sender<Job>>,
 }
 
 impl Worker {
@@ -97,18 +100,45 @@ impl Worker {
             shutdown,
             broken: HashSet::new(),
             date: DateCache::new(0),
+            resolve: None,
         }
     }
 
-    /// Serves tasks until the queue is closed and empty.
+    /// Serves tasks until the queue is closed and empty, and the resolve
+    /// thread has answered what it was handed.
     pub fn run(mut self) {
-        loop {
-            match self.consumer.pop(Duration::from_millis(200)) {
-                Popped::Task(task) => self.serve_batch(task),
-                Popped::Empty => {}
-                Popped::Closed => return,
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        std::thread::scope(|scope| {
+            if let Some(resolver) = self.deducter.take_resolver() {
+                let thread = ResolveThread {
+                    resolver,
+                    clock: self.clock.clone(),
+                    request_timeout: self.request_timeout,
+                    breaker: self.breaker.clone(),
+                    metrics: self.metrics.clone(),
+                    shutdown: self.shutdown.clone(),
+                    date: DateCache::new(0),
+                };
+                match std::thread::Builder::new()
+                    .name("seckill-resolve".into())
+                    .spawn_scoped(scope, move || thread.run(rx))
+                {
+                    Ok(_) => self.resolve = Some(tx),
+                    Err(e) => log::error!(
+                        "resolve thread: {e}; unknown outcomes are answered 1002 at once"
+                    ),
+                }
             }
-        }
+            loop {
+                match self.consumer.pop(Duration::from_millis(200)) {
+                    Popped::Task(task) => self.serve_batch(task),
+                    Popped::Empty => {}
+                    Popped::Closed => break,
+                }
+            }
+            // The resolve thread ends once it has answered what it holds.
+            self.resolve = None;
+        });
     }
 
     fn deadline(&self, task: &Task) -> Instant {
@@ -210,12 +240,12 @@ impl Worker {
         let mut unknown = Vec::new();
         for (task, result) in batch.into_iter().zip(results) {
             match result {
-                Err(DeductError::Unknown) => unknown.push(task),
+                Err(DeductError::Unknown { node }) => unknown.push((task, node)),
                 result => self.answer(task, result),
             }
         }
         if !unknown.is_empty() {
-            self.resolve(unknown);
+            self.hand_to_resolve(unknown);
         }
     }
 
@@ -266,60 +296,22 @@ impl Worker {
         }
     }
 
-    /// Asks Redis what became of tasks whose round trip failed after their
-    /// scripts were sent, retrying until each task's deadline: a uid found
-    /// in `buyers` won (answered 0 with its order), one not found did not
-    /// sell (1002, unit back). A task whose deadline passes first is
-    /// answered 1002: the one case where a sale may stand unannounced
-    /// (`/shop/result` shows it).
-    fn resolve(&mut self, mut pending: Vec<Task>) {
-        loop {
-            let now = self.clock.now();
-            let (late, waiting): (Vec<Task>, Vec<Task>) =
-                pending.into_iter().partition(|t| now > self.deadline(t));
-            for task in late {
-                self.metrics.unresolved();
-                self.finish(task, Settle::GiveBack, Code::RedisError, None);
-            }
-            pending = waiting;
-            if pending.is_empty() {
-                return;
-            }
-            let attempts: Vec<&Attempt> = pending.iter().map(|t| &t.attempt).collect();
-            let until = self.shutdown.trip_deadline(self.request_timeout, now);
-            let found = self.deducter.resolve(&attempts, until);
-            let mut lanes: Vec<Lane> = pending
-                .iter()
-                .map(|t| self.breaker.lane(&t.attempt.event_id, &t.attempt.goods_id))
-                .collect();
-            lanes.sort_unstable();
-            lanes.dedup();
-            for lane in lanes {
-                self.breaker.record(lane, found.is_ok(), self.clock.now());
-            }
-            match found {
-                Ok(found) => {
-                    for (task, found) in pending.into_iter().zip(found) {
-                        let code = Code::from(&found);
-                        match found {
-                            Resolved::Won {
-                                order_id,
-                                stock_left,
-                            } => {
-                                let data = serde_json::json!({"order_id": order_id, "stock_left": stock_left})
-                                    .to_string();
-                                self.finish(task, Settle::Commit, code, Some(&data));
-                            }
-                            Resolved::NotSold => self.finish(task, Settle::GiveBack, code, None),
-                        }
-                    }
-                    return;
-                }
-                Err(e) => {
-                    log::debug!("resolving unknown outcomes failed: {e}");
-                    std::thread::sleep(RESOLVE_PAUSE);
-                }
-            }
+    /// Hands tasks whose outcome is unknown to the resolve thread, with
+    /// the connections that failed. Without one (it could not start), they
+    /// are answered 1002 at once: the case `/shop/result` exists for.
+    fn hand_to_resolve(&mut self, tasks: Vec<(Task, String)>) {
+        let dead = self.deducter.take_dead();
+        let job = Job { tasks, dead };
+        let job = match &self.resolve {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(e) => e.into_inner(),
+            },
+            None => job,
+        };
+        for (task, _) in job.tasks {
+            self.metrics.unresolved();
+            self.finish(task, Settle::GiveBack, Code::RedisError, None);
         }
     }
 

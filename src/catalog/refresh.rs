@@ -40,7 +40,9 @@ type LastLeft = HashMap<(String, String), i64>;
 /// Reads everything once and builds a snapshot, telling `stock` as it goes.
 /// The keys it had to skip are put in `bad`, each with why. On a Redis
 /// Cluster a master that does not answer costs only its goods' fresh
-/// figures (they keep `last`); when no goods could be read, the read failed.
+/// figures (they keep `last`, and their shares stay as they are); when no
+/// goods could be read, the read failed, as it does on one Redis when any
+/// goods could not be.
 fn read(
     conn: &mut Redis,
     stock: &Stock,
@@ -70,8 +72,11 @@ fn read(
     } else {
         conn.round_trip_each(&pipe, None)
     };
+    // On one Redis a trip that failed for any goods failed: the read
+    // failed. On a cluster it failed when no goods could be read at all.
     if let Some(Err(e)) = replies.iter().find(|r| r.is_err()) {
-        if replies.iter().all(|r| r.is_err()) {
+        let read = replies.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        if !conn.is_cluster() || read == 0 {
             return Err(e.clone().into());
         }
     }

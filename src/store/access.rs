@@ -338,6 +338,11 @@ impl Redis {
         self.timeout
     }
 
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// Clients to subscribe with (pub/sub): on a cluster a message
     /// published on any node reaches subscribers on every node, so any
     /// one will do; the caller moves on to the next when one fails.
@@ -414,6 +419,36 @@ impl Redis {
         self.trip(&cmds, deadline, true)
     }
 
+    /// As `round_trip_each`, with the address of the node each command was
+    /// last written to: where a command whose reply was lost may still run
+    /// (after an `ASK`, not the slot's owner in the map).
+    pub(crate) fn round_trip_traced(
+        &mut self,
+        pipe: &Pipeline,
+        until: Option<Instant>,
+    ) -> Vec<(Reply, Option<String>)> {
+        let cmds: Vec<(&Cmd, Route<'_>)> = pipe.cmd_iter().map(|c| (c, Route::Auto)).collect();
+        let deadline = self.deadline(until);
+        let (out, sent_to) = self.trip_traced(&cmds, deadline, true);
+        out.into_iter()
+            .zip(sent_to)
+            .map(|(r, n)| (r, n.map(|n| self.nodes[n].addr.clone())))
+            .collect()
+    }
+
+    /// Takes the identities of the connections dropped after a failure
+    /// (tracked connections only), each with its node: whoever takes them
+    /// must kill them before trusting what Redis says of what they sent.
+    pub(crate) fn take_dead(&mut self) -> Vec<(String, ClientId)> {
+        let mut all = Vec::new();
+        for n in &mut self.nodes {
+            for id in n.conn.take_dead() {
+                all.push((n.addr.clone(), id));
+            }
+        }
+        all
+    }
+
     /// As `round_trip`, every command to the master serving `key`, on one
     /// connection, in order (`MULTI` ... `EXEC`); no redirection followed.
     pub(crate) fn round_trip_at(
@@ -484,18 +519,6 @@ impl Redis {
         }
     }
 
-    /// The address of the master serving `key`, as far as the map read
-    /// last says (None on a cluster whose map was never read).
-    pub(crate) fn node_of_key(&self, key: &[u8]) -> Option<&str> {
-        match &self.cluster {
-            None => Some(self.nodes[0].addr.as_str()),
-            Some(map) => {
-                let i = map.owner.get(usize::from(slot(key))).copied().flatten()?;
-                self.nodes.get(usize::from(i)).map(|n| n.addr.as_str())
-            }
-        }
-    }
-
     /// One outcome per command, each sent where its route says.
     pub(crate) fn round_trip_routed(
         &mut self,
@@ -528,27 +551,6 @@ impl Redis {
             .collect();
         let replies = self.trip(&cmds, deadline, true);
         masters.into_iter().zip(replies).collect()
-    }
-
-    /// Connections dropped after a failure that may still be alive on
-    /// their server (tracked connections only), each with its node.
-    pub(crate) fn dead_ids(&self) -> Vec<(String, ClientId)> {
-        self.nodes
-            .iter()
-            .flat_map(|n| {
-                n.conn
-                    .dead_ids()
-                    .iter()
-                    .map(|id| (n.addr.clone(), id.clone()))
-            })
-            .collect()
-    }
-
-    /// `id` on `node` is known gone on the server.
-    pub(crate) fn forget_dead(&mut self, node: &str, id: &ClientId) {
-        if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == node) {
-            n.conn.forget_dead(id);
-        }
     }
 
     fn deadline(&self, until: Option<Instant>) -> Instant {
@@ -706,7 +708,19 @@ impl Redis {
     /// Sends each command to its node (every node's share written before
     /// any is read), then, when `follow`, follows redirections once.
     fn trip(&mut self, cmds: &[(&Cmd, Route<'_>)], deadline: Instant, follow: bool) -> Vec<Reply> {
+        self.trip_traced(cmds, deadline, follow).0
+    }
+
+    /// As `trip`, with the node each command was last written to (None:
+    /// never written): where a command whose reply was lost may still run.
+    fn trip_traced(
+        &mut self,
+        cmds: &[(&Cmd, Route<'_>)],
+        deadline: Instant,
+        follow: bool,
+    ) -> (Vec<Reply>, Vec<Option<usize>>) {
         let mut out: Vec<Option<Reply>> = (0..cmds.len()).map(|_| None).collect();
+        let mut sent_to: Vec<Option<usize>> = vec![None; cmds.len()];
         // node -> (item, after ASKING)
         let mut plan: Vec<(usize, Vec<(usize, bool)>)> = Vec::new();
         for (i, (cmd, route)) in cmds.iter().enumerate() {
@@ -715,8 +729,8 @@ impl Redis {
                 Err(e) => out[i] = Some(Err(TripError::NotSent(e))),
             }
         }
-        self.run_plan(cmds, &mut plan, deadline, &mut out);
-        if follow && self.cluster.is_some() {
+        self.run_plan(cmds, &mut plan, deadline, &mut out, &mut sent_to);
+        if self.cluster.is_some() {
             let mut again: Vec<(usize, Vec<(usize, bool)>)> = Vec::new();
             for (i, reply) in out.iter().enumerate() {
                 let Some(Ok(Err(e))) = reply else { continue };
@@ -724,24 +738,31 @@ impl Redis {
                     continue;
                 }
                 let ask = e.kind() == ErrorKind::Server(ServerErrorKind::Ask);
+                if !ask {
+                    // Read the map again even when not following (a
+                    // transaction), so the next try goes the right way.
+                    self.mark_stale();
+                }
+                if !follow {
+                    continue;
+                }
                 let Some((addr, _)) = e.redirect_node() else {
                     continue;
                 };
                 let addr = addr.to_string();
-                if !ask {
-                    self.mark_stale();
-                }
                 if let Ok(n) = self.node_at(&addr) {
                     push_plan(&mut again, n, i, ask);
                 }
             }
             if !again.is_empty() {
-                self.run_plan(cmds, &mut again, deadline, &mut out);
+                self.run_plan(cmds, &mut again, deadline, &mut out, &mut sent_to);
             }
         }
-        out.into_iter()
+        let out = out
+            .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(TripError::NotSent(timed_out()))))
-            .collect()
+            .collect();
+        (out, sent_to)
     }
 
     fn run_plan(
@@ -750,6 +771,7 @@ impl Redis {
         plan: &mut [(usize, Vec<(usize, bool)>)],
         deadline: Instant,
         out: &mut [Option<Reply>],
+        sent_to: &mut [Option<usize>],
     ) {
         // The masters that failed last go last (None sorts first).
         plan.sort_by_key(|(node, _)| self.nodes[*node].failed_at);
@@ -765,7 +787,13 @@ impl Redis {
                 cmds[i].0.write_packed_command(&mut packed);
                 replies += 1;
             }
-            match self.nodes[*node].conn.send(&packed, deadline) {
+            let result = self.nodes[*node].conn.send(&packed, deadline);
+            if !matches!(result, Err(TripError::NotSent(_))) {
+                for &(i, _) in items {
+                    sent_to[i] = Some(*node);
+                }
+            }
+            match result {
                 Ok(()) => sent.push((*node, items, replies)),
                 Err(e) => {
                     self.node_failed(*node);
@@ -799,7 +827,8 @@ impl Redis {
         let mut out: Vec<Option<Reply>> = (0..cmds.len()).map(|_| None).collect();
         let items: Vec<(usize, bool)> = (0..cmds.len()).map(|j| (j, cmds[j].1)).collect();
         let routed: Vec<(&Cmd, Route<'_>)> = cmds.iter().map(|(c, _)| (*c, Route::Auto)).collect();
-        self.run_plan(&routed, &mut [(i, items)], deadline, &mut out);
+        let mut sent_to = vec![None; cmds.len()];
+        self.run_plan(&routed, &mut [(i, items)], deadline, &mut out, &mut sent_to);
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(TripError::NotSent(timed_out()))))
             .collect()

@@ -281,15 +281,9 @@ impl LazyConn {
         }
     }
 
-    /// Ids of connections dropped after a failure that may still be alive
-    /// on the server (tracked connections only).
-    pub(crate) fn dead_ids(&self) -> &[ClientId] {
-        &self.dead
-    }
-
-    /// `id` is known gone on the server.
-    pub(crate) fn forget_dead(&mut self, id: &ClientId) {
-        self.dead.retain(|d| d != id);
+    /// Takes every dead connection's identity (the caller kills them).
+    pub(crate) fn take_dead(&mut self) -> Vec<ClientId> {
+        std::mem::take(&mut self.dead)
     }
 
     /// Forgets every dead connection: the server no longer serves slots,

@@ -16,12 +16,14 @@
 //! A round trip that fails after the scripts were sent (a timeout, a reset)
 //! leaves each attempt's outcome unknown: Redis may have run the script, or
 //! may still run it when it gets to the bytes already in its socket. Such an
-//! attempt is `DeductError::Unknown`, and the worker asks `resolve` before
-//! answering it. `resolve` works on a fresh connection and first kills the
-//! failed one on the server (`CLIENT KILL ID .. ADDR ..`, read with
-//! `CLIENT INFO` when it was made): after the kill, nothing that connection sent can still run, so
-//! `HGET buyers uid` is the truth (on a cluster, each kill goes to the
-//! master the failed connection was to). Only when Redis cannot be reached before
+//! attempt is `DeductError::Unknown`, naming the server its script was
+//! last written to, and the worker's resolve thread asks a [`Resolver`]
+//! before answering it. The resolver works on its own connection and first
+//! kills the failed ones on that server (`CLIENT KILL ID .. ADDR ..`, read
+//! with `CLIENT INFO` when they were made, handed over by `take_dead`):
+//! after the kill, nothing those connections sent can still run, so `HGET
+//! buyers uid` is the truth. On a cluster each attempt waits only for the
+//! kills on its own server, so a master that is down holds up only its own. Only when Redis cannot be reached before
 //! the attempt's deadline is the outcome left unknown (README, "What is not
 //! done yet").
 //!
@@ -65,8 +67,12 @@ pub enum DeductError {
     /// not run.
     Unreachable(RedisError),
     /// The round trip failed after the script was sent: it may have run,
-    /// or may still run. Ask `resolve` before answering.
-    Unknown,
+    /// or may still run, on `node` (`host:port`, where it was last
+    /// written). Ask a `Resolver` before answering.
+    Unknown {
+        /// The server the script may still run on.
+        node: String,
+    },
     /// Redis answered an error for this attempt: the script refused a
     /// wrong-type key or a stock that is not an integer (checked before its
     /// first write, so nothing was written), or Redis refused to run it.
@@ -85,7 +91,7 @@ impl DeductError {
                 e.code() == Some("WRONGTYPE") || e.detail().is_some_and(|d| d.contains("seckill:"))
             }
             DeductError::Reply => true,
-            DeductError::Unreachable(_) | DeductError::Unknown => false,
+            DeductError::Unreachable(_) | DeductError::Unknown { .. } => false,
         }
     }
 }
@@ -108,10 +114,20 @@ pub(crate) enum Resolved {
 /// A Redis connection that runs the deduct. One per worker thread.
 pub struct Deducter {
     conn: Redis,
-    // The fresh connection `resolve` asks on, never the one that failed.
-    resolver: Redis,
+    // The resolver's own connection, never the one that failed; taken by
+    // the worker's resolve thread.
+    resolver: Option<Resolver>,
     // INVARIANT: lowercase hex SHA1 of SCRIPT.
     sha: String,
+}
+
+/// Finds out what became of attempts whose outcome is unknown (see the
+/// module docs), on its own connection.
+pub(crate) struct Resolver {
+    redis: Redis,
+    // Connections of the deducter's dropped after a failure, not yet known
+    // dead: each with its server.
+    dead: Vec<(String, ClientId)>,
 }
 
 impl std::fmt::Debug for Deducter {
@@ -135,7 +151,10 @@ impl Deducter {
         let endpoint = endpoint.into();
         Ok(Deducter {
             conn: Redis::open(&endpoint, timeout)?.tracking_client_id(),
-            resolver: Redis::open(&endpoint, timeout)?,
+            resolver: Some(Resolver {
+                redis: Redis::open(&endpoint, timeout)?,
+                dead: Vec::new(),
+            }),
             sha: script_sha(SCRIPT),
         })
     }
@@ -169,9 +188,9 @@ impl Deducter {
         }
         let mut results: Vec<Result<DeductOutcome, DeductError>> = self
             .conn
-            .round_trip_each(&pipe, until)
+            .round_trip_traced(&pipe, until)
             .into_iter()
-            .map(to_result)
+            .map(|(reply, node)| to_result(reply, node))
             .collect();
         let noscript: Vec<usize> = results
             .iter()
@@ -189,118 +208,24 @@ impl Deducter {
                 add_args(&mut cmd, &keys[i], attempts[i], ts_ms);
                 eval.add_command(cmd);
             }
-            let replies = self.conn.round_trip_each(&eval, until);
-            for (i, reply) in noscript.into_iter().zip(replies) {
-                results[i] = to_result(reply);
+            let replies = self.conn.round_trip_traced(&eval, until);
+            for (i, (reply, node)) in noscript.into_iter().zip(replies) {
+                results[i] = to_result(reply, node);
             }
         }
         results
     }
 
-    /// Finds out what became of attempts whose round trip failed
-    /// (`DeductError::Unknown`), in one round trip on a fresh connection:
-    /// first `CLIENT KILL ID` of every connection that failed, so that
-    /// nothing they sent can still run, then `HGET buyers uid` and `GET
-    /// stock` for each attempt. `Err`: Redis could not be asked; the caller
-    /// retries until the attempts' deadline.
-    pub(crate) fn resolve(
-        &mut self,
-        attempts: &[&Attempt],
-        until: Option<Instant>,
-    ) -> Result<Vec<Resolved>, RedisError> {
-        // Only the dead connections to the masters of these attempts'
-        // goods: a master that is down for other goods must not hold up
-        // the truth about these (on one server, that is every one).
-        let homes: Vec<String> = attempts
-            .iter()
-            .filter_map(|a| {
-                let k = GoodsKeys::new(&a.event_id, &a.goods_id);
-                self.conn
-                    .node_of_key(k.stock.as_bytes())
-                    .map(str::to_string)
-            })
-            .collect();
-        let dead: Vec<(String, ClientId)> = self
-            .conn
-            .dead_ids()
-            .into_iter()
-            .filter(|(node, _)| homes.contains(node))
-            .collect();
-        let mut cmds = Vec::with_capacity(dead.len() + 2 * attempts.len());
-        for (_, d) in &dead {
-            // Both filters must match: after a Redis restart an id alone
-            // could name another client.
-            let mut kill = redis::cmd("CLIENT");
-            kill.arg("KILL")
-                .arg("ID")
-                .arg(d.id)
-                .arg("ADDR")
-                .arg(&d.addr);
-            cmds.push(kill);
-        }
-        for a in attempts {
-            let k = GoodsKeys::new(&a.event_id, &a.goods_id);
-            let mut hget = redis::cmd("HGET");
-            hget.arg(&k.buyers).arg(&a.uid);
-            let mut get = redis::cmd("GET");
-            get.arg(&k.stock);
-            cmds.push(hget);
-            cmds.push(get);
-        }
-        // Each kill to the node its connection was to; the lookups where
-        // their goods live. One trip: on one server the kills are read
-        // before the lookups; on a cluster each master's kills come first
-        // in what is sent to it, and a goods is on one master.
-        let routed: Vec<(&redis::Cmd, Route<'_>)> = cmds
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match dead.get(i) {
-                Some((node, _)) => (c, Route::Node(node.as_str())),
-                None => (c, Route::Auto),
-            })
-            .collect();
-        let mut replies = Vec::with_capacity(routed.len());
-        for reply in self.resolver.round_trip_routed(&routed, until) {
-            replies.push(reply.map_err(RedisError::from)?);
-        }
-        let (kills, lookups) = replies.split_at(dead.len().min(replies.len()));
-        for ((node, d), kill) in dead.iter().zip(kills) {
-            // The count killed: 1 now, 0 when it was already gone. Either
-            // way nothing more of it runs. An error (CLIENT KILL renamed
-            // or not permitted) leaves the old window open: say so once.
-            if let Err(e) = kill {
-                log::warn!(
-                    "could not kill failed redis connection {} on {node}: {e}; an unknown outcome may still turn into a sale",
-                    d.id
-                );
-            }
-            self.conn.forget_dead(node, d);
-        }
-        let mut found = Vec::with_capacity(attempts.len());
-        for pair in lookups.chunks(2) {
-            let [buyer, stock] = pair else {
-                return Err(RedisError::from((ErrorKind::Parse, "short resolve reply")));
-            };
-            found.push(match buyer {
-                Ok(Value::Nil) => Resolved::NotSold,
-                Ok(Value::BulkString(b)) => Resolved::Won {
-                    order_id: String::from_utf8_lossy(b).into_owned(),
-                    stock_left: match stock {
-                        Ok(Value::BulkString(s)) => std::str::from_utf8(s)
-                            .ok()
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0),
-                        _ => 0,
-                    },
-                },
-                Ok(_) => return Err(RedisError::from((ErrorKind::Parse, "HGET reply"))),
-                Err(e) => return Err(e.clone()),
-            });
-        }
-        if found.len() != attempts.len() {
-            return Err(RedisError::from((ErrorKind::Parse, "short resolve reply")));
-        }
-        Ok(found)
+    /// The resolver, for the thread that resolves (once).
+    pub(crate) fn take_resolver(&mut self) -> Option<Resolver> {
+        self.resolver.take()
+    }
+
+    /// The identities of the deducter's connections dropped after a
+    /// failure, for the resolver to kill: handed over with the attempts
+    /// whose outcome they left unknown.
+    pub(crate) fn take_dead(&mut self) -> Vec<(String, ClientId)> {
+        self.conn.take_dead()
     }
 
     /// Tells every node that this goods sold out (SPEC §3 channel).
@@ -321,15 +246,112 @@ impl Deducter {
     }
 }
 
-impl From<TripError> for DeductError {
-    fn from(e: TripError) -> Self {
-        match e {
-            TripError::NotSent(e) => DeductError::Unreachable(e),
-            TripError::Lost(e) => {
-                log::debug!("deduct round trip failed after sending: {e}");
-                DeductError::Unknown
+impl Resolver {
+    /// Connections to kill before trusting what Redis says of the
+    /// attempts they carried.
+    pub(crate) fn learn_dead(&mut self, dead: Vec<(String, ClientId)>) {
+        for d in dead {
+            if !self.dead.contains(&d) {
+                self.dead.push(d);
             }
         }
+    }
+
+    /// For each attempt (with the server its script may still run on), in
+    /// one round trip: first `CLIENT KILL` of every dead connection to
+    /// those servers, so that nothing they sent can still run, then `HGET
+    /// buyers uid` and `GET stock`. None for an attempt not known yet (its
+    /// server's kills or its lookup failed): the caller asks again until
+    /// the attempt's deadline.
+    pub(crate) fn resolve(
+        &mut self,
+        attempts: &[(&Attempt, &str)],
+        until: Option<Instant>,
+    ) -> Vec<Option<Resolved>> {
+        let dead: Vec<(String, ClientId)> = self
+            .dead
+            .iter()
+            .filter(|(node, _)| attempts.iter().any(|(_, n)| n == node))
+            .cloned()
+            .collect();
+        let mut cmds = Vec::with_capacity(dead.len() + 2 * attempts.len());
+        for (_, d) in &dead {
+            // Both filters must match: after a Redis restart an id alone
+            // could name another client.
+            let mut kill = redis::cmd("CLIENT");
+            kill.arg("KILL")
+                .arg("ID")
+                .arg(d.id)
+                .arg("ADDR")
+                .arg(&d.addr);
+            cmds.push(kill);
+        }
+        for (a, _) in attempts {
+            let k = GoodsKeys::new(&a.event_id, &a.goods_id);
+            let mut hget = redis::cmd("HGET");
+            hget.arg(&k.buyers).arg(&a.uid);
+            let mut get = redis::cmd("GET");
+            get.arg(&k.stock);
+            cmds.push(hget);
+            cmds.push(get);
+        }
+        // Each kill to the server its connection was to, written before
+        // any lookup there (a lookup redirected elsewhere goes in a second
+        // round, after every kill's reply).
+        let routed: Vec<(&redis::Cmd, Route<'_>)> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match dead.get(i) {
+                Some((node, _)) => (c, Route::Node(node.as_str())),
+                None => (c, Route::Auto),
+            })
+            .collect();
+        let replies = self.redis.round_trip_routed(&routed, until);
+        let (kills, lookups) = replies.split_at(dead.len().min(replies.len()));
+        // Servers whose dead connections may still be alive.
+        let mut unsure: Vec<&str> = Vec::new();
+        for ((node, d), kill) in dead.iter().zip(kills) {
+            match kill {
+                // The count killed: 1 now, 0 when it was already gone.
+                // Either way nothing more of it runs.
+                Ok(Ok(_)) => self.dead.retain(|x| x.0 != *node || x.1 != *d),
+                // CLIENT KILL renamed or not permitted: the old window stays
+                // open; say so, and do not ask again.
+                Ok(Err(e)) => {
+                    log::warn!(
+                        "could not kill failed redis connection {} on {node}: {e}; an unknown outcome may still turn into a sale",
+                        d.id
+                    );
+                    self.dead.retain(|x| x.0 != *node || x.1 != *d);
+                }
+                Err(_) => unsure.push(node.as_str()),
+            }
+        }
+        attempts
+            .iter()
+            .enumerate()
+            .map(|(i, (_, node))| {
+                if unsure.contains(node) {
+                    return None;
+                }
+                let buyer = lookups.get(2 * i)?;
+                let stock = lookups.get(2 * i + 1);
+                match buyer {
+                    Ok(Ok(Value::Nil)) => Some(Resolved::NotSold),
+                    Ok(Ok(Value::BulkString(b))) => Some(Resolved::Won {
+                        order_id: String::from_utf8_lossy(b.as_slice()).into_owned(),
+                        stock_left: match stock {
+                            Some(Ok(Ok(Value::BulkString(s)))) => std::str::from_utf8(s.as_slice())
+                                .ok()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0),
+                            _ => 0,
+                        },
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
     }
 }
 
@@ -344,11 +366,22 @@ fn add_args(cmd: &mut redis::Cmd, keys: &GoodsKeys, a: &Attempt, ts_ms: u64) {
         .arg(ts_ms);
 }
 
-/// One reply of the pipeline -> the attempt's result.
+/// One reply of the pipeline, and the server it was last written to ->
+/// the attempt's result.
 fn to_result(
     reply: Result<redis::RedisResult<Value>, TripError>,
+    node: Option<String>,
 ) -> Result<DeductOutcome, DeductError> {
-    reply?.map_err(DeductError::Script).and_then(outcome)
+    match reply {
+        Ok(reply) => reply.map_err(DeductError::Script).and_then(outcome),
+        Err(TripError::NotSent(e)) => Err(DeductError::Unreachable(e)),
+        Err(TripError::Lost(e)) => {
+            log::debug!("deduct round trip failed after sending: {e}");
+            Err(DeductError::Unknown {
+                node: node.unwrap_or_default(),
+            })
+        }
+    }
 }
 
 /// The script's reply -> `DeductOutcome`.
