@@ -8,11 +8,13 @@
 //! when its deadline (`request_timeout_ms` since it arrived) passes before
 //! Redis could be asked.
 //!
-//! It runs beside the worker rather than in it: asking takes up to a
-//! timeout per try while a server does not answer, and the worker must go
-//! on selling the goods of the servers that do (a Redis Cluster master
-//! paused costs only its own goods). On one Redis nothing sells meanwhile
-//! anyway.
+//! On a Redis Cluster it runs beside the worker rather than in it: asking
+//! takes up to a timeout per try while a server does not answer, and the
+//! worker must go on selling the goods of the servers that do (a master
+//! paused costs only its own goods). On one Redis nothing could sell
+//! meanwhile, so the worker resolves inline (`resolve_now`): it takes no
+//! more tasks until the unknown ones are answered, answers stay in queue
+//! order, and the breaker hears the failures as they come.
 //!
 //! Invariants: every task handed over is answered exactly once, its lease
 //! settled first (commit for a sale, given back otherwise); the dead
@@ -81,6 +83,22 @@ impl ResolveThread {
                     Err(RecvTimeoutError::Disconnected) => std::thread::sleep(RESOLVE_PAUSE),
                 }
             }
+        }
+    }
+
+    /// Answers every task of `job` before returning, asking again every
+    /// `RESOLVE_PAUSE` until each is known or past its deadline: on one
+    /// Redis the worker resolves inline, as nothing else could sell meanwhile
+    /// and answers stay in queue order.
+    pub(crate) fn resolve_now(&mut self, job: Job) {
+        let mut pending = Vec::new();
+        self.take(job, &mut pending);
+        loop {
+            pending = self.try_once(pending);
+            if pending.is_empty() {
+                return;
+            }
+            std::thread::sleep(RESOLVE_PAUSE);
         }
     }
 

@@ -17,12 +17,14 @@
 //!    purchased -> 1005; not found -> 4004; Redis failed -> 1002. Every
 //!    outcome but "won" and "no stock" gives the unit back.
 //! 4. a round trip that failed after the scripts were sent leaves the
-//!    outcome unknown: the worker hands those tasks, with the server each
-//!    script may still run on and the connections that failed, to the
-//!    resolve thread (`resolve`), which asks Redis on its own connection
-//!    whether each uid is in `buyers`, retrying until the task's deadline,
-//!    and answers 0 with the order when it is, 1002 when it is not or
-//!    Redis never answered. The worker goes on meanwhile.
+//!    outcome unknown: those tasks, with the server each script may still
+//!    run on and the connections that failed, go to the resolver
+//!    (`resolve`), which asks Redis on its own connection whether each uid
+//!    is in `buyers`, retrying until the task's deadline, and answers 0
+//!    with the order when it is, 1002 when it is not or Redis never
+//!    answered. On one Redis the worker runs it inline, before its next
+//!    batch; on a Redis Cluster it is a thread of its own, and the worker
+//!    goes on selling the goods of the masters that answer.
 //!
 //! While the breaker is open, tasks already queued get 1002 without a Redis
 //! call, except the one probe per `probe_ms`; every call's outcome is
@@ -53,6 +55,7 @@ use crate::queue::{Consumer, Popped};
 use crate::resolve::{Job, ResolveThread};
 use crate::shutdown::Shutdown;
 use crate::store::breaker::{Breaker, Lane};
+use crate::store::conn::ClientId;
 use crate::store::deduct::{DeductError, DeductOutcome, Deducter};
 
 /// Tasks sent to Redis in one round trip at most.
@@ -72,8 +75,9 @@ pub struct Worker {
     broken: HashSet<(String, String)>,
     // The answers' `Date`, formatted once per second.
     date: DateCache,
-    // The resolve thread's inbox, while it runs.
-    resolve: Option<crossbeam_channel::Sender<Job>>,
+    // Where unknown outcomes go: the resolve thread's inbox (a cluster),
+    // or the resolver itself, run inline (one Redis).
+    resolve: Resolve,
 }
 
 impl Worker {
@@ -100,45 +104,60 @@ impl Worker {
             shutdown,
             broken: HashSet::new(),
             date: DateCache::new(0),
-            resolve: None,
+            resolve: Resolve::None,
         }
     }
 
-    /// Serves tasks until the queue is closed and empty, and the resolve
-    /// thread has answered what it was handed.
+    /// Serves tasks until the queue is closed and empty, and every unknown
+    /// outcome handed over is answered.
     pub fn run(mut self) {
+        let Some(resolver) = self.deducter.take_resolver() else {
+            return self.serve();
+        };
+        let thread = ResolveThread {
+            resolver,
+            clock: self.clock.clone(),
+            request_timeout: self.request_timeout,
+            breaker: self.breaker.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            date: DateCache::new(0),
+        };
+        if !self.deducter.is_cluster() {
+            self.resolve = Resolve::Inline(Box::new(thread));
+            return self.serve();
+        }
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         std::thread::scope(|scope| {
-            if let Some(resolver) = self.deducter.take_resolver() {
-                let thread = ResolveThread {
-                    resolver,
-                    clock: self.clock.clone(),
-                    request_timeout: self.request_timeout,
-                    breaker: self.breaker.clone(),
-                    metrics: self.metrics.clone(),
-                    shutdown: self.shutdown.clone(),
-                    date: DateCache::new(0),
-                };
-                match std::thread::Builder::new()
-                    .name("seckill-resolve".into())
-                    .spawn_scoped(scope, move || thread.run(rx))
-                {
-                    Ok(_) => self.resolve = Some(tx),
-                    Err(e) => log::error!(
-                        "resolve thread: {e}; unknown outcomes are answered 1002 at once"
-                    ),
+            match std::thread::Builder::new()
+                .name("seckill-resolve".into())
+                .spawn_scoped(scope, move || thread.run(rx))
+            {
+                Ok(_) => self.resolve = Resolve::Thread(tx),
+                Err(e) => {
+                    log::error!("resolve thread: {e}; unknown outcomes are answered 1002 at once")
                 }
             }
-            loop {
-                match self.consumer.pop(Duration::from_millis(200)) {
-                    Popped::Task(task) => self.serve_batch(task),
-                    Popped::Empty => {}
-                    Popped::Closed => break,
-                }
+            // The resolve thread ends once it has answered what it holds and
+            // the worker hangs up, also when serving panics: the scope waits
+            // for it before the panic goes on.
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+            self.resolve = Resolve::None;
+            if let Err(panic) = served {
+                std::panic::resume_unwind(panic);
             }
-            // The resolve thread ends once it has answered what it holds.
-            self.resolve = None;
         });
+    }
+
+    /// Serves tasks until the queue is closed and empty.
+    fn serve(&mut self) {
+        loop {
+            match self.consumer.pop(Duration::from_millis(200)) {
+                Popped::Task(task) => self.serve_batch(task),
+                Popped::Empty => {}
+                Popped::Closed => return,
+            }
+        }
     }
 
     fn deadline(&self, task: &Task) -> Instant {
@@ -223,6 +242,9 @@ impl Worker {
         let results = self
             .deducter
             .deduct_many(&attempts, self.clock.unix_ms(), until);
+        // Taken before any answer: a sold-out publish may reconnect and drop
+        // connections too, and the deducter keeps only the newest few.
+        let dead = self.deducter.take_dead();
         let done = self.clock.now();
         // A lane's Redis failed when its trip failed or Redis refused work
         // for reasons of its own (busy, loading); a bad key of one goods is
@@ -244,8 +266,10 @@ impl Worker {
                 result => self.answer(task, result),
             }
         }
+        // A dead connection with no unknown outcome carried nothing that
+        // matters: no need to kill it.
         if !unknown.is_empty() {
-            self.hand_to_resolve(unknown);
+            self.hand_to_resolve(unknown, dead);
         }
     }
 
@@ -299,15 +323,15 @@ impl Worker {
     /// Hands tasks whose outcome is unknown to the resolve thread, with
     /// the connections that failed. Without one (it could not start), they
     /// are answered 1002 at once: the case `/shop/result` exists for.
-    fn hand_to_resolve(&mut self, tasks: Vec<(Task, String)>) {
-        let dead = self.deducter.take_dead();
+    fn hand_to_resolve(&mut self, tasks: Vec<(Task, String)>, dead: Vec<(String, ClientId)>) {
         let job = Job { tasks, dead };
-        let job = match &self.resolve {
-            Some(tx) => match tx.send(job) {
+        let job = match &mut self.resolve {
+            Resolve::Inline(resolver) => return resolver.resolve_now(job),
+            Resolve::Thread(tx) => match tx.send(job) {
                 Ok(()) => return,
                 Err(e) => e.into_inner(),
             },
-            None => job,
+            Resolve::None => job,
         };
         for (task, _) in job.tasks {
             self.metrics.unresolved();
@@ -345,6 +369,16 @@ impl Worker {
         self.metrics.count_sale(code);
         conn.answer(code, data, self.date.get(self.clock.unix_s()));
     }
+}
+
+/// Where the worker hands unknown outcomes (see `resolve`).
+enum Resolve {
+    /// Nowhere: answered 1002 at once (no resolver could be made).
+    None,
+    /// Resolved inline before the next batch (one Redis).
+    Inline(Box<ResolveThread>),
+    /// To the resolve thread (a Redis Cluster).
+    Thread(crossbeam_channel::Sender<Job>),
 }
 
 /// How a task's lease ends before its answer is written.

@@ -370,3 +370,27 @@ fn one_bad_key_costs_only_its_goods() {
         .buy("u1", "e2", "g1")
         .assert(200, 0, "ok", "close");
 }
+
+/// Second review of issue 10: the deducter asks `CLIENT INFO` of each
+/// connection it makes, so it can kill a failed one before trusting what
+/// Redis says of its attempts. A server that forbids `CLIENT` for good
+/// (ACL, renamed) must still sell, with the identity unknown; any other
+/// refusal (busy, loading) fails the connect instead, so it is told apart.
+#[test]
+fn redis_that_forbids_client_commands_still_sells() {
+    let redis = RedisServer::with_e1(&[("g1", 2)]);
+    let _: () = redis.cmd(&["ACL", "SETUSER", "default", "-client"]);
+    let refused = redis::cmd("CLIENT")
+        .arg("INFO")
+        .query::<String>(&mut redis.conn())
+        .expect_err("CLIENT is forbidden now");
+    assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
+    let s = Seckill::start_ready(&config(&redis));
+    s.client()
+        .buy("u1", "e1", "g1")
+        .assert(200, 0, "ok", "close");
+    s.client()
+        .buy("u1", "e1", "g1")
+        .assert(200, 1005, "already purchased", "keep-alive");
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 1);
+}

@@ -78,6 +78,19 @@ impl From<TripError> for RedisError {
 /// a fast round trip makes no extra system call.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
+/// Whether a server's error reply to a `CLIENT` command will be the same
+/// next time: the command is unknown, renamed away or not permitted. Any
+/// other (BUSY, LOADING, ...) may pass.
+pub(crate) fn refused_for_good(e: &RedisError) -> bool {
+    match e.code() {
+        Some("NOPERM") => true,
+        Some("ERR") => e
+            .detail()
+            .is_some_and(|d| d.to_ascii_lowercase().contains("unknown")),
+        _ => false,
+    }
+}
+
 /// A connection as the server knows it: `CLIENT KILL ID <id> ADDR <addr>`
 /// names it and no other.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,14 +185,13 @@ impl LazyConn {
                 }
                 conn.set_read_timeout(Some(left))?;
                 self.read_timeout = left;
-                // A server that refuses CLIENT INFO (before 6.2, renamed,
-                // not permitted) leaves the identity unknown; a connection
-                // failure is a failure.
+                // A server that refuses CLIENT INFO for good (before 6.2,
+                // renamed, not permitted) leaves the identity unknown; any
+                // other failure (busy, loading, I/O) fails the connect, so
+                // no tracked connection goes without an identity by chance.
                 self.id = match redis::cmd("CLIENT").arg("INFO").query::<String>(&mut conn) {
                     Ok(info) => ClientId::parse(&info),
-                    Err(e) if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) => {
-                        None
-                    }
+                    Err(e) if refused_for_good(&e) => None,
                     Err(e) => return Err(e),
                 };
             }

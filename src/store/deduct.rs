@@ -36,8 +36,11 @@ use sha1::{Digest, Sha1};
 
 use crate::attempt::Attempt;
 use crate::store::access::{Endpoint, Redis, Route};
-use crate::store::conn::{ClientId, TripError};
+use crate::store::conn::{refused_for_good, ClientId, TripError};
 use crate::store::keys::{self, GoodsKeys};
+
+/// Failed connections the resolver remembers to kill, at most.
+const MAX_DEAD: usize = 256;
 
 /// The script, kept in its own file so it reads and diffs as Lua.
 pub const SCRIPT: &str = include_str!("deduct.lua");
@@ -216,6 +219,12 @@ impl Deducter {
         results
     }
 
+    /// Whether Redis is a cluster: several servers, one of which may stall
+    /// while the others sell.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
     /// The resolver, for the thread that resolves (once).
     pub(crate) fn take_resolver(&mut self) -> Option<Resolver> {
         self.resolver.take()
@@ -252,6 +261,15 @@ impl Resolver {
     pub(crate) fn learn_dead(&mut self, dead: Vec<(String, ClientId)>) {
         for d in dead {
             if !self.dead.contains(&d) {
+                if self.dead.len() == MAX_DEAD {
+                    // Only while a server stays unreachable through many
+                    // reconnects; the oldest's attempts are long answered.
+                    let (node, old) = self.dead.remove(0);
+                    log::warn!(
+                        "forgetting failed redis connection {} on {node} unkilled: more than {MAX_DEAD} wait",
+                        old.id
+                    );
+                }
                 self.dead.push(d);
             }
         }
@@ -316,15 +334,16 @@ impl Resolver {
                 // Either way nothing more of it runs.
                 Ok(Ok(_)) => self.dead.retain(|x| x.0 != *node || x.1 != *d),
                 // CLIENT KILL renamed or not permitted: the old window stays
-                // open; say so, and do not ask again.
-                Ok(Err(e)) => {
+                // open; say so, and do not ask again. Any other refusal
+                // (busy, loading) may pass: ask again.
+                Ok(Err(e)) if refused_for_good(e) => {
                     log::warn!(
                         "could not kill failed redis connection {} on {node}: {e}; an unknown outcome may still turn into a sale",
                         d.id
                     );
                     self.dead.retain(|x| x.0 != *node || x.1 != *d);
                 }
-                Err(_) => unsure.push(node.as_str()),
+                Ok(Err(_)) | Err(_) => unsure.push(node.as_str()),
             }
         }
         attempts
