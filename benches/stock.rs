@@ -9,8 +9,8 @@ use seckill::stock::{NoLease, Stock};
 fn bench(c: &mut Criterion) {
     let stock = Stock::new(1, 1.0);
     let now = std::time::Instant::now();
-    stock.learn("e1", "sold", 0, 1, now);
-    stock.learn("e1", "open", 1_000_000, 1, now);
+    stock.learn("e1", "sold", 0, 0, 1, now);
+    stock.learn("e1", "open", 1_000_000, 0, 1, now);
     let mut g = c.benchmark_group("stock");
     g.throughput(Throughput::Elements(1));
     g.bench_function("sold_out", |b| {

@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let stock = Stock::new(1, 1.0);
     for g in &goods {
-        stock.learn("e1", g, i64::MAX / 2, 1, std::time::Instant::now());
+        stock.learn("e1", g, i64::MAX / 2, 0, 1, std::time::Instant::now());
     }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;

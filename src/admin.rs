@@ -1,8 +1,10 @@
 //! Beside the path: the admin listener (`admin.bind`).
 //!
 //! `POST /admin/events` creates or replaces an event; `GET /admin/events/E`
-//! shows it with `stock_left` and `sold`; `DELETE /admin/events/E` removes it
-//! and its keys. With a sink configured the orders stay in PostgreSQL, the
+//! shows it with `stock` (the definition's plus top-ups), `stock_left` and
+//! `sold`; `POST /admin/events/E/goods/G/stock` adds units to a goods
+//! mid-event (`topup.lua`); `DELETE /admin/events/E` removes it and its
+//! keys. With a sink configured the orders stay in PostgreSQL, the
 //! system of record: `DELETE` first waits up to 5 s for the sink to
 //! persist every order of the event (no entry left unacknowledged by its
 //! group), and answers 4009 with nothing deleted when some are not
@@ -30,7 +32,7 @@ use subtle::ConstantTimeEq;
 
 use crate::attempt::BadAttempt;
 use crate::auth::AuthError;
-use crate::catalog::event::{EventDef, GoodsDef};
+use crate::catalog::event::{EventDef, GoodsDef, MAX_STOCK};
 use crate::clock::Clock;
 use crate::codes::Code;
 use crate::http::parse::{query_param, Request};
@@ -41,7 +43,7 @@ use crate::service::{Answer, Now, Reply, Service};
 use crate::store::access::{Endpoint, Redis};
 use crate::store::keys::valid_id;
 use crate::store::keys::{self, GoodsKeys};
-use crate::store::RESET_SCRIPT;
+use crate::store::{RESET_SCRIPT, TOPUP_SCRIPT};
 
 /// The admin listener's service.
 pub(crate) struct Admin {
@@ -185,11 +187,12 @@ impl Admin {
                 let epoch: u64 = conn.query(
                     redis::cmd("EVAL")
                         .arg(RESET_SCRIPT)
-                        .arg(4)
+                        .arg(5)
                         .arg(&k.stock)
                         .arg(&k.buyers)
                         .arg(&k.orders)
                         .arg(&k.reset)
+                        .arg(&k.added)
                         .arg(g.stock)
                         .arg(now_ms),
                 )?;
@@ -200,6 +203,9 @@ impl Admin {
             let set: Option<String> =
                 conn.query(redis::cmd("SET").arg(&k.stock).arg(g.stock).arg("NX"))?;
             g.epoch = if set.is_some() {
+                // A new sale: no top-ups yet (a stray `added` left by hand
+                // would count in its stock).
+                conn.query::<()>(redis::cmd("DEL").arg(&k.added))?;
                 now_ms
             } else {
                 old_epochs.get(g.goods_id.as_str()).copied().unwrap_or(0)
@@ -222,9 +228,9 @@ impl Admin {
         let mut pipe = redis::pipe();
         for g in &def.goods {
             let k = GoodsKeys::new(&def.event_id, &g.goods_id);
-            pipe.get(&k.stock).hlen(&k.buyers);
+            pipe.get(&k.stock).hlen(&k.buyers).get(&k.added);
         }
-        let counts: Vec<(Option<i64>, i64)> = if def.goods.is_empty() {
+        let counts: Vec<(Option<i64>, i64, Option<i64>)> = if def.goods.is_empty() {
             Vec::new()
         } else {
             self.conn.query_pipe(&pipe)?
@@ -233,18 +239,59 @@ impl Admin {
             .goods
             .iter()
             .zip(counts)
-            .map(|(g, (left, sold)): (&GoodsDef, _)| {
-                serde_json::json!({
-                    "goods_id": g.goods_id, "name": g.name, "price_cents": g.price_cents,
-                    "stock": g.stock, "stock_left": left.unwrap_or(0).max(0), "sold": sold,
-                })
-            })
+            .map(|(g, (left, sold, added))| goods_json(g, added.unwrap_or(0), left, sold))
             .collect();
         let data = serde_json::json!({
             "event_id": def.event_id, "name": def.name,
             "start_at": def.start_at, "end_at": def.end_at, "goods": goods,
         });
         Ok(Some(data.to_string()))
+    }
+
+    /// Adds `{"add": n}` units to a goods mid-event (SPEC §2): one script
+    /// raises its `stock` and `added` together; every node grows its share
+    /// on its next re-read, which the published change makes at once.
+    fn top_up(&mut self, event_id: &str, goods_id: &str, body: &[u8]) -> AdminResult {
+        // An object with `add` alone, a positive integer the deduct script
+        // takes (a derived struct would also take `[n]`).
+        let body: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|_| Fail::Body(BadAttempt))?;
+        let add = match (body.len(), body.get("add").and_then(|n| n.as_u64())) {
+            (1, Some(n)) if (1..=MAX_STOCK as u64).contains(&n) => n,
+            _ => return Err(Fail::Body(BadAttempt)),
+        };
+        let def = self.stored(event_id)?.ok_or(NO_EVENT)?;
+        let g = def
+            .goods
+            .iter()
+            .find(|g| g.goods_id == goods_id)
+            .ok_or(NO_EVENT)?;
+        let k = GoodsKeys::new(event_id, goods_id);
+        let reply: redis::Value = self.conn.query(
+            redis::cmd("EVAL")
+                .arg(TOPUP_SCRIPT)
+                .arg(3)
+                .arg(&k.stock)
+                .arg(&k.added)
+                .arg(&k.buyers)
+                .arg(add)
+                .arg(MAX_STOCK),
+        )?;
+        let (left, added, sold): (i64, i64, i64) = match reply {
+            // No stock key: the goods is defined but has no sale.
+            redis::Value::Int(-3) => return Err(NO_EVENT),
+            // The stock would pass what the deduct script takes.
+            redis::Value::Int(-4) => return Err(Fail::Body(BadAttempt)),
+            other => redis::from_redis_value(other).map_err(redis::RedisError::from)?,
+        };
+        let msg = serde_json::json!({"kind": "stock", "event_id": event_id, "goods_id": goods_id});
+        self.conn.query::<()>(
+            redis::cmd("PUBLISH")
+                .arg(keys::CHANGED)
+                .arg(msg.to_string()),
+        )?;
+        log::info!("admin: {event_id}/{goods_id} topped up by {add}: {left} left");
+        Ok(Some(goods_json(g, added, Some(left), sold).to_string()))
     }
 
     /// Orders in `streams` not yet acknowledged by the sink's group.
@@ -360,7 +407,8 @@ impl Admin {
                     pipe.del(&k.stock)
                         .del(&k.buyers)
                         .del(&k.orders)
-                        .del(&k.reset);
+                        .del(&k.reset)
+                        .del(&k.added);
                 }
                 if with_hdel {
                     pipe.hdel(keys::EVENTS, event_id);
@@ -396,6 +444,16 @@ impl Admin {
     }
 }
 
+/// One goods as the admin sees it: its stock is the definition's plus the
+/// units `added` by top-ups (SPEC §2).
+fn goods_json(g: &GoodsDef, added: i64, left: Option<i64>, sold: i64) -> serde_json::Value {
+    serde_json::json!({
+        "goods_id": g.goods_id, "name": g.name, "price_cents": g.price_cents,
+        "stock": g.stock.saturating_add(added), "stock_left": left.unwrap_or(0).max(0),
+        "sold": sold,
+    })
+}
+
 fn publish(conn: &mut Redis, kind: &str, event_id: &str) -> redis::RedisResult<()> {
     let msg = serde_json::json!({"kind": kind, "event_id": event_id}).to_string();
     conn.query(redis::cmd("PUBLISH").arg(keys::CHANGED).arg(msg))
@@ -410,6 +468,11 @@ impl Admin {
         match route {
             Route::AdminPut => self.put(req.body),
             Route::AdminGet(id) if valid_id(id.as_bytes()) => self.get(id),
+            Route::AdminTopUp(id, goods)
+                if valid_id(id.as_bytes()) && valid_id(goods.as_bytes()) =>
+            {
+                self.top_up(id, goods, req.body)
+            }
             Route::AdminDelete(id) if valid_id(id.as_bytes()) => {
                 let force = query_param(req.query, "force") == Some("true");
                 self.delete(id, force)

@@ -31,6 +31,8 @@ pub(crate) enum Route<'p> {
     AdminGet(&'p str),
     /// `DELETE /admin/events/E`.
     AdminDelete(&'p str),
+    /// `POST /admin/events/E/goods/G/stock`: a top-up.
+    AdminTopUp(&'p str, &'p str),
 }
 
 /// Why no route serves the request.
@@ -74,11 +76,19 @@ pub(crate) fn admin(method: Method, path: &str) -> Result<Route<'_>, RouteError>
             _ => Err(RouteError::MethodNotAllowed("POST")),
         };
     }
-    match path.strip_prefix("/admin/events/") {
-        Some(id) if !id.is_empty() && !id.contains('/') => match method {
+    let Some(rest) = path.strip_prefix("/admin/events/") else {
+        return Err(RouteError::NotFound);
+    };
+    let parts: Vec<&str> = rest.splitn(5, '/').collect();
+    match parts[..] {
+        [id] if !id.is_empty() => match method {
             Method::Get => Ok(Route::AdminGet(id)),
             Method::Delete => Ok(Route::AdminDelete(id)),
             _ => Err(RouteError::MethodNotAllowed("GET, DELETE")),
+        },
+        [id, "goods", goods, "stock"] if !id.is_empty() && !goods.is_empty() => match method {
+            Method::Post => Ok(Route::AdminTopUp(id, goods)),
+            _ => Err(RouteError::MethodNotAllowed("POST")),
         },
         _ => Err(RouteError::NotFound),
     }
@@ -138,6 +148,27 @@ mod tests {
             ),
             (Get, "/admin/events/", Err(RouteError::NotFound)),
             (Get, "/admin/events/a/b", Err(RouteError::NotFound)),
+            (
+                Post,
+                "/admin/events/e1/goods/g1/stock",
+                Ok(Route::AdminTopUp("e1", "g1")),
+            ),
+            (
+                Get,
+                "/admin/events/e1/goods/g1/stock",
+                Err(RouteError::MethodNotAllowed("POST")),
+            ),
+            (
+                Post,
+                "/admin/events/e1/goods//stock",
+                Err(RouteError::NotFound),
+            ),
+            (
+                Post,
+                "/admin/events/e1/goods/g1/stock/",
+                Err(RouteError::NotFound),
+            ),
+            (Post, "/admin/events/e1/goods/g1", Err(RouteError::NotFound)),
             (Get, "/healthz", Err(RouteError::NotFound)),
         ];
         for (m, p, want) in cases {

@@ -25,7 +25,7 @@
 //! `worker` tells it how a lease ended.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,10 @@ pub struct Stock {
 struct Share {
     // INVARIANT: never below 0; only changed through `Stock` and `Lease`.
     left: AtomicI64,
+    // The goods' `added` key (units of top-ups) as last read.
+    added: AtomicI64,
+    // How many top-ups grew this share (wraps; compared for equality).
+    topups: AtomicU32,
     // The catalog's `epoch` of the stock this share was computed from; a new
     // epoch (an admin reset) replaces the share and its user lists.
     epoch: u64,
@@ -127,16 +131,20 @@ impl Stock {
         }
         users.queued.insert(uid.to_string());
         drop(users);
+        let topups = share.topups.load(Ordering::Acquire);
         Ok(Lease {
             share,
             uid: uid.to_string(),
+            topups,
             ended: false,
         })
     }
 
-    /// Tells the table that goods exists with `redis_stock` left, as of stock
-    /// `epoch`, read at `now`. New goods, or a new epoch, get a fresh share;
-    /// otherwise the share is lowered to what Redis still has (a sell-out
+    /// Tells the table that goods exists with `redis_stock` left and
+    /// `added` units of top-ups, as of stock `epoch`, read at `now`. New
+    /// goods, or a new epoch, get a fresh share; otherwise a top-up seen
+    /// since the last read grows the share by its part of the units added
+    /// (`top_up`), the share is lowered to what Redis still has (a sell-out
     /// elsewhere reaches this node this way even if its pub/sub message was
     /// lost), and a share that has stayed empty while Redis kept stock is
     /// refilled (see `refill`).
@@ -145,11 +153,13 @@ impl Stock {
         event_id: &str,
         goods_id: &str,
         redis_stock: i64,
+        added: i64,
         epoch: u64,
         now: Instant,
     ) {
         if let Some(share) = self.share(event_id, goods_id) {
             if share.epoch == epoch {
+                self.top_up(&share, added, (event_id, goods_id));
                 share.left.fetch_min(redis_stock.max(0), Ordering::AcqRel);
                 self.refill(&share, redis_stock, now);
                 return;
@@ -157,6 +167,8 @@ impl Stock {
         }
         let fresh = Arc::new(Share {
             left: AtomicI64::new(share_of(redis_stock, self.nodes, self.factor)),
+            added: AtomicI64::new(added),
+            topups: AtomicU32::new(0),
             epoch,
             users: Mutex::default(),
             empty_since: Mutex::new(None),
@@ -166,6 +178,24 @@ impl Stock {
             .entry(event_id.to_string())
             .or_default()
             .insert(goods_id.to_string(), fresh);
+    }
+
+    /// A top-up (SPEC §2): `added` grew by n since the last read, so the
+    /// share grows by `ceil(n × factor / nodes)`; a share at 0 (the node's
+    /// sold-out mark) opens again. Only this refresh thread writes `added`.
+    fn top_up(&self, share: &Share, added: i64, (event_id, goods_id): (&str, &str)) {
+        let before = share.added.swap(added, Ordering::AcqRel);
+        if added <= before {
+            return;
+        }
+        let grow = share_of(added - before, self.nodes, self.factor);
+        share.topups.fetch_add(1, Ordering::AcqRel);
+        share.left.fetch_add(grow, Ordering::AcqRel);
+        *share.empty_since.lock() = None;
+        log::info!(
+            "stock: {event_id}/{goods_id} topped up by {}: this node's share grows by {grow}",
+            added - before
+        );
     }
 
     /// No undersell (SPEC §4): a share seen empty at every re-read for
@@ -246,6 +276,9 @@ impl Stock {
 pub struct Lease {
     share: Arc<Share>,
     uid: String,
+    // The share's top-ups when the lease was taken: a "no stock" from
+    // before a later top-up must not close the share the top-up opened.
+    topups: u32,
     // INVARIANT: true once commit or sold_out ran; Drop then does nothing.
     ended: bool,
 }
@@ -272,10 +305,15 @@ impl Lease {
 
     /// Redis has no stock left: drop the share to zero. Returns true when
     /// this call is what emptied a non-empty share (then the node just
-    /// learned of the sell-out, and tells the others).
+    /// learned of the sell-out, and tells the others). A top-up seen since
+    /// the lease was taken makes the "no stock" old news: the share stays
+    /// open (the unit, which Redis never had, stays spent).
     pub(crate) fn sold_out(mut self) -> bool {
         self.ended = true;
         self.share.users.lock().queued.remove(&self.uid);
+        if self.share.topups.load(Ordering::Acquire) != self.topups {
+            return false;
+        }
         self.share.left.swap(0, Ordering::AcqRel) > 0
     }
 }
@@ -307,7 +345,7 @@ mod tests {
 
     fn one_goods(stock: i64) -> Stock {
         let s = Stock::new(1, 1.0);
-        s.learn("e", "g", stock, 1, Instant::now());
+        s.learn("e", "g", stock, 0, 1, Instant::now());
         s
     }
 
@@ -394,15 +432,15 @@ mod tests {
         };
         l.commit();
         let now = Instant::now();
-        s.learn("e", "g", 3, 1, now);
+        s.learn("e", "g", 3, 0, 1, now);
         assert_eq!(s.left("e", "g"), Some(3));
-        s.learn("e", "g", 50, 1, now);
+        s.learn("e", "g", 50, 0, 1, now);
         assert_eq!(
             s.left("e", "g"),
             Some(3),
             "same epoch never raises the share"
         );
-        s.learn("e", "g", 50, 2, now);
+        s.learn("e", "g", 50, 0, 2, now);
         assert_eq!(s.left("e", "g"), Some(50));
         assert!(s.try_take("e", "g", "a").is_ok(), "reset forgets buyers");
     }
@@ -423,16 +461,16 @@ mod tests {
         // is 100, and all the traffic comes here.
         let s = Stock::new(3, 1.0);
         let t0 = Instant::now();
-        s.learn("e", "g", 300, 1, t0);
+        s.learn("e", "g", 300, 0, 1, t0);
         assert_eq!(sell_share(&s, "a"), 100);
         // Seen empty with 200 left in Redis: not yet (the first second of a
         // sale keeps shares exact), and not at 999 ms either.
-        s.learn("e", "g", 200, 1, t0);
-        s.learn("e", "g", 200, 1, t0 + Duration::from_millis(500));
-        s.learn("e", "g", 200, 1, t0 + Duration::from_millis(999));
+        s.learn("e", "g", 200, 0, 1, t0);
+        s.learn("e", "g", 200, 0, 1, t0 + Duration::from_millis(500));
+        s.learn("e", "g", 200, 0, 1, t0 + Duration::from_millis(999));
         assert_eq!(s.left("e", "g"), Some(0));
         // A second: ceil(200 × 1.0 / 3).
-        s.learn("e", "g", 200, 1, t0 + REFILL_AFTER);
+        s.learn("e", "g", 200, 0, 1, t0 + REFILL_AFTER);
         assert_eq!(s.left("e", "g"), Some(67));
         assert!(
             matches!(s.try_take("e", "g", "a0"), Err(NoLease::AlreadyPurchased)),
@@ -445,7 +483,7 @@ mod tests {
     fn a_share_is_not_refilled_when_redis_is_sold_out_or_its_stock_is_queued_here() {
         let s = Stock::new(1, 1.0);
         let t0 = Instant::now();
-        s.learn("e", "g", 2, 1, t0);
+        s.learn("e", "g", 2, 0, 1, t0);
         let Ok(a) = s.try_take("e", "g", "a") else {
             panic!()
         };
@@ -455,14 +493,14 @@ mod tests {
         // Both units are queued here: Redis still counts them, but they are
         // not stranded.
         for ms in [0, 600, 1200, 5000] {
-            s.learn("e", "g", 2, 1, t0 + Duration::from_millis(ms));
+            s.learn("e", "g", 2, 0, 1, t0 + Duration::from_millis(ms));
         }
         assert_eq!(s.left("e", "g"), Some(0));
         a.commit();
         b.commit();
         // Truly sold out: answered from memory for good.
         for ms in [6000, 7000, 9000] {
-            s.learn("e", "g", 0, 1, t0 + Duration::from_millis(ms));
+            s.learn("e", "g", 0, 0, 1, t0 + Duration::from_millis(ms));
         }
         assert_eq!(s.left("e", "g"), Some(0));
     }
@@ -471,31 +509,75 @@ mod tests {
     fn a_share_seen_non_empty_starts_the_second_again() {
         let s = Stock::new(1, 1.0);
         let t0 = Instant::now();
-        s.learn("e", "g", 1, 1, t0);
+        s.learn("e", "g", 1, 0, 1, t0);
         let Ok(a) = s.try_take("e", "g", "a") else {
             panic!()
         };
-        s.learn("e", "g", 5, 1, t0); // empty; Redis has 5 (a top-up, say)
+        s.learn("e", "g", 5, 0, 1, t0); // empty; Redis has 5 (a top-up, say)
         drop(a); // the unit comes back: not empty any more
-        s.learn("e", "g", 5, 1, t0 + Duration::from_millis(600));
+        s.learn("e", "g", 5, 0, 1, t0 + Duration::from_millis(600));
         let Ok(a) = s.try_take("e", "g", "a") else {
             panic!()
         };
         a.commit();
-        s.learn("e", "g", 4, 1, t0 + Duration::from_millis(1200));
+        s.learn("e", "g", 4, 0, 1, t0 + Duration::from_millis(1200));
         assert_eq!(
             s.left("e", "g"),
             Some(0),
             "empty since 1200 ms, not since 0"
         );
-        s.learn("e", "g", 4, 1, t0 + Duration::from_millis(2200));
+        s.learn("e", "g", 4, 0, 1, t0 + Duration::from_millis(2200));
         assert_eq!(s.left("e", "g"), Some(4));
+    }
+
+    #[test]
+    fn a_top_up_grows_the_share_and_opens_a_sold_out_one() {
+        // SPEC §2's case: sold out on 3 nodes, then 50 added, factor 1.0:
+        // each node's share grows by ceil(50 / 3) = 17.
+        let s = Stock::new(3, 1.0);
+        let t0 = Instant::now();
+        s.learn("e", "g", 300, 0, 1, t0);
+        assert_eq!(sell_share(&s, "a"), 100);
+        s.learn("e", "g", 0, 0, 1, t0);
+        s.learn("e", "g", 50, 50, 1, t0 + Duration::from_millis(100));
+        assert_eq!(s.left("e", "g"), Some(17));
+        assert!(
+            matches!(s.try_take("e", "g", "a0"), Err(NoLease::AlreadyPurchased)),
+            "buyers are kept"
+        );
+        // The same `added` read again grows nothing.
+        s.learn("e", "g", 50, 50, 1, t0 + Duration::from_millis(600));
+        assert_eq!(s.left("e", "g"), Some(17));
+        // The share is lowered to what Redis has, as always.
+        s.learn("e", "g", 5, 50, 1, t0 + Duration::from_millis(900));
+        assert_eq!(s.left("e", "g"), Some(5));
+    }
+
+    #[test]
+    fn a_no_stock_from_before_a_top_up_does_not_close_the_share() {
+        let s = Stock::new(1, 1.0);
+        let t0 = Instant::now();
+        s.learn("e", "g", 1, 0, 1, t0);
+        let Ok(lease) = s.try_take("e", "g", "a") else {
+            panic!()
+        };
+        // The top-up is read while the attempt is on its way to Redis,
+        // which then says "no stock" (it ran before the top-up).
+        s.learn("e", "g", 10, 10, 1, t0 + Duration::from_millis(100));
+        assert_eq!(s.left("e", "g"), Some(10));
+        assert!(!lease.sold_out(), "old news: not a sell-out");
+        assert_eq!(s.left("e", "g"), Some(10), "the share stays open");
+        let Ok(lease) = s.try_take("e", "g", "a") else {
+            panic!("the uid is not queued any more")
+        };
+        assert!(lease.sold_out(), "a no-stock after the top-up closes it");
+        assert_eq!(s.left("e", "g"), Some(0));
     }
 
     #[test]
     fn retain_forgets_removed_goods() {
         let s = one_goods(10);
-        s.learn("e", "h", 10, 1, Instant::now());
+        s.learn("e", "h", 10, 0, 1, Instant::now());
         s.retain(|_, g| g == "h");
         assert_eq!(s.left("e", "g"), None);
         assert_eq!(s.left("e", "h"), Some(10));

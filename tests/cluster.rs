@@ -458,3 +458,35 @@ fn a_goods_whose_slot_moves_mid_sale_sells_on_through_ask_and_moved() {
         assert_eq!(stored.as_deref(), Some(order.as_str()), "{uid}'s order");
     }
 }
+
+/// Issue 11 on a Redis Cluster: a top-up's one script raises `stock` and
+/// `added` of a goods on whichever master holds its slot; the node sees it
+/// (the catalog reads both per master) and sells exactly the units added.
+#[test]
+fn a_top_up_on_every_master_sells_exactly_the_units_added() {
+    let cluster = RedisCluster::start();
+    let goods = cluster.goods_on_every_master("e1", 1);
+    let stock: Vec<(&str, i64)> = goods.iter().map(|g| (g.as_str(), 2)).collect();
+    cluster.seed("e1", &stock);
+    let s = Seckill::start_ready(&cluster_config(&cluster));
+    for g in &goods {
+        let path = format!("/admin/events/e1/goods/{g}/stock");
+        let r = s.admin("POST", &path, Some(r#"{"add":3}"#));
+        r.assert(200, 0, "ok", "keep-alive");
+        assert_eq!(r.json()["data"]["stock"], 5, "{g}");
+        let added: Option<i64> = cluster.cmd(&["GET", &format!("seckill:{{e1:{g}}}:added")]);
+        assert_eq!((cluster.stock("e1", g), added), (Some(5), Some(3)), "{g}");
+    }
+    for g in &goods {
+        let share = format!("seckill_stock_share{{event=\"e1\",goods=\"{g}\"}} 5");
+        s.wait_metric(&share, Duration::from_secs(1));
+        let codes: Vec<i64> = (0..6)
+            .map(|i| s.client().buy(&format!("u{i}"), "e1", g).code())
+            .collect();
+        assert_eq!(codes, [0, 0, 0, 0, 0, 1001], "{g}");
+        assert_eq!(cluster.hlen_buyers("e1", g), 5);
+        assert_eq!(cluster.xlen_orders("e1", g), 5);
+    }
+    let (code, out) = check(&cluster_config(&cluster), &[]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -710,3 +710,48 @@ fn a_reset_then_the_same_buyers_again_are_rows_not_conflicts() {
     assert_eq!(s.metric("seckill_sink_conflicts_total"), 0.0);
     assert_books(&redis, &mut db, "g1");
 }
+
+/// Issue 11: `seckill_goods.stock` is the definition's stock plus the
+/// top-ups (SPEC §2), and a topped-up goods' orders all reach PostgreSQL.
+#[test]
+fn a_top_up_shows_in_the_goods_row_and_its_orders_arrive() {
+    let redis = RedisServer::with_e1(&[("g1", 5)]);
+    let pg = PgServer::start();
+    let c = sink_config(&redis, &pg, "topup");
+    let s = Seckill::start_ready(&c);
+    let mut db = pg.client("topup");
+    let stock_row = |db: &mut postgres::Client| {
+        count(
+            db,
+            "SELECT coalesce(max(stock), -1) FROM seckill_goods WHERE event_id = 'e1' AND goods_id = 'g1'",
+        )
+    };
+    eventually(Duration::from_secs(10), "the goods row", || {
+        stock_row(&mut db) == 5
+    });
+    s.admin(
+        "POST",
+        "/admin/events/e1/goods/g1/stock",
+        Some(r#"{"add":7}"#),
+    )
+    .assert(200, 0, "ok", "keep-alive");
+    eventually(
+        Duration::from_secs(10),
+        "the row's stock with the top-up",
+        || stock_row(&mut db) == 12,
+    );
+    s.wait_metric(
+        "seckill_stock_share{event=\"e1\",goods=\"g1\"} 12",
+        Duration::from_secs(1),
+    );
+    for i in 0..13 {
+        let code = s.client().buy(&format!("u{i}"), "e1", "g1").code();
+        assert_eq!(code, if i < 12 { 0 } else { 1001 }, "buyer {i}");
+    }
+    eventually(Duration::from_secs(10), "every order in PostgreSQL", || {
+        rows(&mut db, "g1") == 12
+    });
+    assert_books(&redis, &mut db, "g1");
+    let (code, out) = check(&c, &["--wait", "10"]);
+    assert_eq!(code, 0, "seckill check: {out}");
+}

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Sender};
 
 use crate::catalog::event::{stock_number, EventDef};
-use crate::catalog::snapshot::{Catalog, Snapshot};
+use crate::catalog::snapshot::{Catalog, GoodsRead, Snapshot};
 use crate::metrics::Metrics;
 use crate::stock::Stock;
-use crate::store::access::{keeps_data, Endpoint, Redis};
+use crate::store::access::{keeps_data, Endpoint, Redis, Reply};
 use crate::store::conn::connect;
 use crate::store::keys::{self, GoodsKeys};
 
@@ -59,12 +59,13 @@ fn read(
             }
         }
     }
-    // One goods' stock key of the wrong type fails only its own reply.
+    // One goods' key of the wrong type fails only its own reply. Its
+    // `stock` and `added` share a slot, so they come from one master.
     let mut pipe = redis::pipe();
     for def in &defs {
         for g in &def.goods {
-            pipe.cmd("GET")
-                .arg(GoodsKeys::new(&def.event_id, &g.goods_id).stock);
+            let k = GoodsKeys::new(&def.event_id, &g.goods_id);
+            pipe.cmd("GET").arg(&k.stock).cmd("GET").arg(&k.added);
         }
     }
     let replies = if pipe.is_empty() {
@@ -85,34 +86,40 @@ fn read(
     for def in &mut defs {
         let event_id = def.event_id.clone();
         def.goods.retain(|g| {
-            let key = GoodsKeys::new(&event_id, &g.goods_id).stock;
+            let k = GoodsKeys::new(&event_id, &g.goods_id);
             let id = (event_id.clone(), g.goods_id.clone());
-            let left = match replies.next() {
-                // A goods without a stock key has none left (the deduct
-                // answers it "not found").
-                Some(Ok(Ok(redis::Value::Nil))) => Ok(0),
-                Some(Ok(Ok(redis::Value::BulkString(b)))) => std::str::from_utf8(&b)
-                    .ok()
-                    .and_then(stock_number)
-                    .ok_or_else(|| "stock is not an integer".to_string()),
-                Some(Ok(Ok(other))) => Err(format!("unexpected reply {other:?}")),
-                Some(Ok(Err(e))) => Err(e.to_string()),
-                // Its master did not answer: not a bad key; as last known.
-                Some(Err(_)) => {
-                    stocks.push((last.get(&id).copied().unwrap_or(0), false));
-                    return true;
-                }
-                None => Err("no reply".to_string()),
-            };
-            match left {
-                Ok(left) => {
+            let (left, added) = (replies.next(), replies.next());
+            // Its master did not answer: not a bad key; as last known.
+            if matches!(left, Some(Err(_))) || matches!(added, Some(Err(_))) {
+                let left = last.get(&id).copied().unwrap_or(0);
+                stocks.push(GoodsRead {
+                    left,
+                    added: 0,
+                    fresh: false,
+                });
+                return true;
+            }
+            // A goods without a stock key has none left (the deduct
+            // answers it "not found"); without an `added` key, no top-ups.
+            let read = stock_key(left)
+                .map_err(|why| (&k.stock, why))
+                .and_then(|left| {
+                    let added = stock_key(added).map_err(|why| (&k.added, why))?;
+                    Ok((left, added))
+                });
+            match read {
+                Ok((left, added)) => {
                     let left = left.max(0);
                     last.insert(id, left);
-                    stocks.push((left, true));
+                    stocks.push(GoodsRead {
+                        left,
+                        added,
+                        fresh: true,
+                    });
                     true
                 }
-                Err(why) => {
-                    bad.insert(key, why);
+                Err((key, why)) => {
+                    bad.insert(key.clone(), why);
                     false
                 }
             }
@@ -123,6 +130,22 @@ fn read(
             .any(|d| &d.event_id == e && d.goods.iter().any(|x| &x.goods_id == g))
     });
     Ok(Snapshot::build_read(&defs, stocks, stock, Instant::now()))
+}
+
+/// One counter key's reply (`stock`, `added`): absent is 0; anything but
+/// an integer the deduct script takes is a bad key, with why.
+fn stock_key(reply: Option<Reply>) -> Result<i64, String> {
+    match reply {
+        Some(Ok(Ok(redis::Value::Nil))) => Ok(0),
+        Some(Ok(Ok(redis::Value::BulkString(b)))) => std::str::from_utf8(&b)
+            .ok()
+            .and_then(stock_number)
+            .ok_or_else(|| "not an integer".to_string()),
+        Some(Ok(Ok(other))) => Err(format!("unexpected reply {other:?}")),
+        Some(Ok(Err(e))) => Err(e.to_string()),
+        Some(Err(e)) => Err(format!("{e:?}")),
+        None => Err("no reply".to_string()),
+    }
 }
 
 /// Keeps the catalog and the stock table in step with Redis.

@@ -93,6 +93,18 @@ impl Catalog {
     }
 }
 
+/// What a catalog read found of one goods.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GoodsRead {
+    /// Its `stock` key: units left.
+    pub(crate) left: i64,
+    /// Its `added` key: units of top-ups (absent: 0).
+    pub(crate) added: i64,
+    /// Read just now; false: its master did not answer, `left` is as last
+    /// read.
+    pub(crate) fresh: bool,
+}
+
 /// Public shape of one goods in `/event/list` and `/event/info`.
 #[derive(Serialize)]
 struct GoodsOut<'a> {
@@ -122,15 +134,20 @@ impl Snapshot {
         stock: &Stock,
         now: Instant,
     ) -> Snapshot {
-        Self::build_read(defs, stocks.into_iter().map(|s| (s, true)), stock, now)
+        let reads = stocks.into_iter().map(|left| GoodsRead {
+            left,
+            added: 0,
+            fresh: true,
+        });
+        Self::build_read(defs, reads, stock, now)
     }
 
-    /// As `build`, each stock with whether it was read just now: one not
-    /// read (its Redis Cluster master did not answer) is shown as last
-    /// known and not told to `stock`, so no share is recomputed from it.
+    /// As `build`, from what was read of each goods: one not read (its
+    /// Redis Cluster master did not answer) is shown as last known and not
+    /// told to `stock`, so no share is recomputed from it.
     pub(crate) fn build_read(
         defs: &[EventDef],
-        stocks: impl IntoIterator<Item = (i64, bool)>,
+        stocks: impl IntoIterator<Item = GoodsRead>,
         stock: &Stock,
         now: Instant,
     ) -> Snapshot {
@@ -140,9 +157,13 @@ impl Snapshot {
         for def in defs {
             let mut goods_out = Vec::with_capacity(def.goods.len());
             for g in &def.goods {
-                let (left, fresh) = stocks.next().unwrap_or((0, true));
+                let GoodsRead { left, added, fresh } = stocks.next().unwrap_or(GoodsRead {
+                    left: 0,
+                    added: 0,
+                    fresh: true,
+                });
                 if fresh {
-                    stock.learn(&def.event_id, &g.goods_id, left, g.epoch, now);
+                    stock.learn(&def.event_id, &g.goods_id, left, added, g.epoch, now);
                 }
                 goods_out.push(GoodsOut {
                     goods_id: &g.goods_id,
@@ -187,7 +208,7 @@ mod tests {
         )
         .unwrap();
         let stock = Stock::new(1, 1.0);
-        stock.learn("old", "gone", 5, 0, Instant::now());
+        stock.learn("old", "gone", 5, 0, 0, Instant::now());
         let snap = Snapshot::build(&[def], [7, 0], &stock, Instant::now());
         let view = &snap.events["e1"];
         assert_eq!((view.start_at, view.end_at), (5, 9));

@@ -5,7 +5,7 @@
 //! sink is configured. Out: a `Books` report; the caller prints it (table
 //! or JSON) and exits 0 when it balances, 1 when it does not, 2 when the
 //! books could not be read (`Err`).
-//! Per goods: stock (the definition's), `stock_left`, sold (their
+//! Per goods: stock (the definition's plus top-ups), `stock_left`, sold (their
 //! difference), `HLEN buyers`, `XLEN orders`, orders not yet acknowledged
 //! by the sink's group, and rows in PostgreSQL. Checks: the counts agree
 //! and sold is within the stock; every order's uid is in `buyers` with that
@@ -31,7 +31,7 @@ use crate::store::keys::{self, GoodsKeys};
 pub struct GoodsBooks {
     /// The goods.
     pub goods_id: String,
-    /// Stock in the event definition.
+    /// Stock in the event definition plus top-ups.
     pub stock: i64,
     /// `stock` key now.
     pub stock_left: i64,
@@ -175,9 +175,12 @@ fn goods_books(
 ) -> Result<GoodsBooks, String> {
     let k = GoodsKeys::new(&s.event_id, &s.goods_id);
     let r = |e: redis::RedisError| format!("redis: {e}");
-    let (left, buyers_map): (Option<i64>, HashMap<String, String>) = redis
-        .query_pipe(redis::pipe().get(&k.stock).hgetall(&k.buyers))
+    // The stock is the definition's plus top-ups (SPEC §8); read in one
+    // pipeline with what it is checked against.
+    let (added, left, buyers_map): (Option<i64>, Option<i64>, HashMap<String, String>) = redis
+        .query_pipe(redis::pipe().get(&k.added).get(&k.stock).hgetall(&k.buyers))
         .map_err(r)?;
+    let stock = stock.saturating_add(added.unwrap_or(0));
     let stock_left = left.unwrap_or(0);
     // The whole stream, in pages.
     let mut orders = Vec::new();

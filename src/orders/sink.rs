@@ -367,6 +367,22 @@ impl Sink {
                 });
             }
         }
+        // `seckill_goods.stock` is the definition's plus top-ups (SPEC §2).
+        if !rows.is_empty() {
+            let mut pipe = redis::pipe();
+            for r in &rows {
+                pipe.get(GoodsKeys::new(&r.event_id, &r.goods_id).added);
+            }
+            for (row, reply) in rows.iter_mut().zip(self.redis.round_trip_each(&pipe, None)) {
+                let added = match reply {
+                    Ok(Ok(v)) => redis::from_redis_value::<Option<i64>>(v).ok().flatten(),
+                    // A bad key (a wrong type): the definition's stock.
+                    Ok(Err(_)) => None,
+                    Err(e) => return Err(Failure::Redis(e.into())),
+                };
+                row.stock = row.stock.saturating_add(added.unwrap_or(0));
+            }
+        }
         goods.sort_by(|a, b| a.key.cmp(&b.key));
         let mut ready = Vec::with_capacity(goods.len());
         let mut waiting = Vec::new();

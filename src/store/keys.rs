@@ -22,7 +22,7 @@ pub(crate) const EVENTS: &str = "seckill:events";
 /// Pub/sub channel: a message on every admin change and every sell-out.
 pub(crate) const CHANGED: &str = "seckill:events:changed";
 
-/// The three keys of one goods.
+/// The keys of one goods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GoodsKeys {
     /// String: remaining stock, never below 0.
@@ -31,6 +31,8 @@ pub(crate) struct GoodsKeys {
     pub(crate) buyers: String,
     /// Stream: one entry per sale; the entry id is the order_id.
     pub(crate) orders: String,
+    /// String: units added by top-ups (absent: 0); cleared by a reset.
+    pub(crate) added: String,
     /// String: the last reset's line E (ms), written by the reset script
     /// in the same step as the new stream: every order of the sale since
     /// has a stream id above E-0. Absent: never reset. Not in SPEC §3's
@@ -47,6 +49,7 @@ impl GoodsKeys {
             stock: format!("{tag}:stock"),
             buyers: format!("{tag}:buyers"),
             orders: format!("{tag}:orders"),
+            added: format!("{tag}:added"),
             reset: format!("{tag}:reset"),
         }
     }
@@ -62,6 +65,7 @@ mod tests {
         assert_eq!(k.stock, "seckill:{e1:g1}:stock");
         assert_eq!(k.buyers, "seckill:{e1:g1}:buyers");
         assert_eq!(k.orders, "seckill:{e1:g1}:orders");
+        assert_eq!(k.added, "seckill:{e1:g1}:added");
     }
 
     #[test]

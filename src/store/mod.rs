@@ -14,6 +14,8 @@
 //!   one atomic script per attempt.
 //! - `reset.lua` ([`RESET_SCRIPT`]): an admin reset, one atomic script that
 //!   starts a goods' new sale with stream ids above its epoch.
+//! - `topup.lua` ([`TOPUP_SCRIPT`]): an admin top-up, one atomic script that
+//!   raises a goods' `stock` and `added` together.
 
 pub(crate) mod access;
 pub mod breaker;
@@ -24,5 +26,9 @@ pub mod keys;
 /// The admin reset of one goods (`reset.lua`): sent with `EVAL`, as resets
 /// are rare. Returns the epoch every new order's stream id is above.
 pub(crate) const RESET_SCRIPT: &str = include_str!("reset.lua");
+
+/// The admin top-up of one goods (`topup.lua`): sent with `EVAL`, as
+/// top-ups are rare. Returns `{stock_left, added, sold}`.
+pub(crate) const TOPUP_SCRIPT: &str = include_str!("topup.lua");
 
 pub use access::Endpoint;

@@ -389,6 +389,12 @@ impl Seckill {
         Client::connect(self.admin)
     }
 
+    /// One admin call with the right key.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> Response {
+        let auth = format!("Bearer {ADMIN_KEY}");
+        self.admin_client().request(method, path, Some(&auth), body)
+    }
+
     /// Waits until `/event/info` shows the event; fails after `within`.
     pub fn wait_for_event(&self, event_id: &str, within: Duration) {
         let path = format!("/event/info?event_id={event_id}");
