@@ -9,6 +9,7 @@
 use crate::attempt::BadAttempt;
 use crate::auth::AuthError;
 use crate::http::parse::HttpError;
+use crate::limits::Limited;
 use crate::orders::stream::Unpersisted;
 use crate::route::RouteError;
 use crate::stock::NoLease;
@@ -54,12 +55,14 @@ pub enum Code {
     /// 4009 / 409: `DELETE` of an event whose orders are not all in
     /// PostgreSQL yet.
     NotPersisted,
+    /// 4029 / 429: over `limits.per_user_per_s` or `limits.per_ip_per_s`.
+    TooManyRequests,
 }
 
 impl Code {
     /// Every code, for tables and tests. INVARIANT: in declaration order,
     /// so `code as usize` is a code's place here (a test checks).
-    pub(crate) const ALL: [Code; 18] = [
+    pub(crate) const ALL: [Code; 19] = [
         Code::Ok,
         Code::NoStock,
         Code::RedisError,
@@ -78,6 +81,7 @@ impl Code {
         Code::HeaderTooLarge,
         Code::NotReady,
         Code::NotPersisted,
+        Code::TooManyRequests,
     ];
 
     /// The `code` field of the JSON body.
@@ -100,6 +104,7 @@ impl Code {
             Code::PayloadTooLarge => 4013,
             Code::HeaderTooLarge => 4031,
             Code::NotPersisted => 4009,
+            Code::TooManyRequests => 4029,
         }
     }
 
@@ -121,6 +126,7 @@ impl Code {
             Code::PayloadTooLarge => (413, "Payload Too Large"),
             Code::HeaderTooLarge => (431, "Request Header Fields Too Large"),
             Code::NotPersisted => (409, "Conflict"),
+            Code::TooManyRequests => (429, "Too Many Requests"),
         }
     }
 
@@ -144,12 +150,14 @@ impl Code {
             Code::PayloadTooLarge => "payload too large",
             Code::HeaderTooLarge => "request header fields too large",
             Code::NotPersisted => "orders not persisted",
+            Code::TooManyRequests => "too many requests",
         }
     }
 
-    /// SPEC §2: these carry `Retry-After: 1` (1004: try again in a second).
+    /// SPEC §2: these carry `Retry-After: 1` (1004 and 4029: try again in
+    /// a second).
     pub(crate) fn retry_after(self) -> bool {
-        matches!(self, Code::Busy)
+        matches!(self, Code::Busy | Code::TooManyRequests)
     }
 
     /// SPEC §2: after these the server answers `Connection: close` and closes.
@@ -181,6 +189,13 @@ impl From<RouteError> for Code {
             RouteError::NotFound => Code::NotFound,
             RouteError::MethodNotAllowed(_) => Code::MethodNotAllowed,
         }
+    }
+}
+
+/// Beside stage 3: a limit against scalpers refused it, whichever.
+impl From<Limited> for Code {
+    fn from(_: Limited) -> Code {
+        Code::TooManyRequests
     }
 }
 
@@ -261,7 +276,7 @@ mod tests {
 
     #[test]
     fn every_code_matches_the_spec_table() {
-        let table: [(Code, u16, u16, &str); 18] = [
+        let table: [(Code, u16, u16, &str); 19] = [
             (Code::Ok, 0, 200, "ok"),
             (Code::NoStock, 1001, 200, "no stock"),
             (Code::RedisError, 1002, 503, "redis error"),
@@ -285,6 +300,7 @@ mod tests {
             ),
             (Code::NotReady, 1002, 503, "redis error"),
             (Code::NotPersisted, 4009, 409, "orders not persisted"),
+            (Code::TooManyRequests, 4029, 429, "too many requests"),
         ];
         for (code, number, status, msg) in table {
             assert_eq!(code.number(), number, "{code:?}");
@@ -337,6 +353,7 @@ mod tests {
             assert_eq!(got, want, "cause #{i}");
         }
         assert!(Code::Busy.retry_after());
-        assert_eq!(Code::ALL.iter().filter(|c| c.retry_after()).count(), 1);
+        assert!(Code::TooManyRequests.retry_after());
+        assert_eq!(Code::ALL.iter().filter(|c| c.retry_after()).count(), 2);
     }
 }

@@ -35,6 +35,8 @@ pub struct Config {
     pub stock: StockConfig,
     /// `[blacklist]`: uids answered 4003.
     pub blacklist: BlacklistConfig,
+    /// `[limits]`: per-uid and per-IP rates (4029).
+    pub limits: LimitsConfig,
     /// `[sink]`: orders from Redis into PostgreSQL (SPEC §9).
     pub sink: SinkConfig,
 }
@@ -135,6 +137,31 @@ pub struct BlacklistConfig {
     pub file: String,
 }
 
+/// `[limits]` (SPEC §5): token buckets against scalpers; 0 = off.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Cart-add attempts per uid per second on this node.
+    pub per_user_per_s: u64,
+    /// Requests per client IP per second on this node's public listener.
+    pub per_ip_per_s: u64,
+    /// Bucket depth: this many requests at once, then the rate.
+    pub burst: u64,
+    /// The client IP is the last `X-Forwarded-For` address.
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_user_per_s: 0,
+            per_ip_per_s: 0,
+            burst: 5,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
 /// `[sink]`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -185,6 +212,7 @@ impl Default for Config {
             queue,
             stock: StockConfig::default(),
             blacklist: BlacklistConfig::default(),
+            limits: LimitsConfig::default(),
             sink: SinkConfig::default(),
         }
     }
@@ -391,6 +419,19 @@ impl Config {
                 DAY_MS,
             ),
             ("sink.reconcile_s".into(), self.sink.reconcile_s, 1, 86_400),
+            (
+                "limits.per_user_per_s".into(),
+                self.limits.per_user_per_s,
+                0,
+                1_000_000,
+            ),
+            (
+                "limits.per_ip_per_s".into(),
+                self.limits.per_ip_per_s,
+                0,
+                1_000_000,
+            ),
+            ("limits.burst".into(), self.limits.burst, 1, 1_000_000),
         ];
         for (name, q) in &self.queue {
             ranges.push((format!("queue.{name}.size"), q.size as u64, 1, 10_000_000));

@@ -139,6 +139,9 @@ pub struct Buffers {
     /// connection that has sent nothing yet gets a grace to send its
     /// request; an idle one that was served is closed at once.
     pub(crate) served: bool,
+    /// The peer's address (the per-IP limit's key); unspecified where there
+    /// is no socket (fuzzing, benches).
+    pub(crate) peer: std::net::IpAddr,
 }
 
 impl Buffers {
@@ -154,6 +157,7 @@ impl Buffers {
             closing: false,
             peer_closed: false,
             served: false,
+            peer: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 
@@ -207,10 +211,12 @@ impl Buffers {
 
 impl Conn {
     /// A fresh connection.
-    pub(crate) fn new(stream: TcpStream, slot: Slot, now: Instant) -> Self {
+    pub(crate) fn new(stream: TcpStream, peer: std::net::IpAddr, slot: Slot, now: Instant) -> Self {
+        let mut bufs = Buffers::new(now);
+        bufs.peer = peer;
         Conn {
             stream,
-            bufs: Buffers::new(now),
+            bufs,
             slot,
             registered: false,
             ready_turn: 0,

@@ -181,12 +181,15 @@ pub fn answer_buffered<S: Service>(
             inbuf,
             read_start,
             out,
+            peer: bufs_peer,
             ..
         } = &mut *bufs;
+        let bufs_peer = *bufs_peer;
         let (answer, len) = match parse::parse(&inbuf[*read_start..], limits) {
             Ok(Parsed::Partial) => break,
             Ok(Parsed::Complete { mut request, len }) => {
                 *budget -= 1;
+                request.peer = bufs_peer;
                 // Stopping: every request already read is answered, and
                 // the last complete one says `Connection: close`.
                 if now.stopping {
@@ -357,7 +360,7 @@ impl<S: Service> EventLoop<S> {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     if std::mem::take(&mut self.accept_failing) {
                         log::info!("accepting connections again");
                     }
@@ -369,7 +372,9 @@ impl<S: Service> EventLoop<S> {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let key = self.conns.insert(Conn::new(stream, slot, self.clock.now()));
+                    let key =
+                        self.conns
+                            .insert(Conn::new(stream, peer.ip(), slot, self.clock.now()));
                     // The request usually arrived with the connection: answer
                     // it now, and register only a connection that stays open.
                     // A connection answered and closed at once never costs an

@@ -59,8 +59,9 @@
 //! - [`client`]: the client side: the load generator and the one HTTP
 //!   response reader the tests and examples share.
 //! - [`orders`]: orders leave Redis: the stream side, the PostgreSQL side,
-//!   the sink thread that joins them, and `seckill check`. Limits against
-//!   scalpers go in `limits/`.
+//!   the sink thread that joins them, and `seckill check`.
+//! - [`limits`]: limits against scalpers (4029): a token bucket per uid and
+//!   per client IP, in a fixed-size table.
 //! - Beside the path, one file each: [`admin`] (the admin listener),
 //!   [`lookup`] (`/shop/result`, answered off the loop), [`blacklist`].
 //! - The process: [`serve`] (wiring), [`config`], [`shutdown`] (the stop
@@ -109,6 +110,7 @@ pub mod store;
 // Beside the path: one file each.
 pub(crate) mod admin;
 pub(crate) mod blacklist;
+pub mod limits;
 pub(crate) mod lookup;
 
 // The process: wiring, configuration, the stop, and the shared vocabulary.

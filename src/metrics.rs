@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codes::Code;
+use crate::limits::Limited;
 
 /// The route label of a counted answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,10 @@ struct Inner {
     lookups_waiting: AtomicI64,
     // -1 until read, then 1 or 0.
     redis_keeps_data: AtomicI64,
+    // Requests refused by a limit: [user, ip]; and new keys let through
+    // unremembered because their set was full of refused keys.
+    limited: [AtomicU64; 2],
+    limit_overflow: [AtomicU64; 2],
     sink: SinkCounters,
 }
 
@@ -103,6 +108,8 @@ impl Default for Metrics {
             catalog_skipped: AtomicI64::new(0),
             lookups_waiting: AtomicI64::new(0),
             redis_keeps_data: AtomicI64::new(-1),
+            limited: std::array::from_fn(|_| AtomicU64::new(0)),
+            limit_overflow: std::array::from_fn(|_| AtomicU64::new(0)),
             sink: SinkCounters::default(),
         }))
     }
@@ -179,6 +186,17 @@ impl Metrics {
         self.0
             .redis_keeps_data
             .store(i64::from(keeps), Ordering::Relaxed);
+    }
+
+    /// A request a limit refused (4029).
+    pub(crate) fn limited(&self, which: Limited) {
+        self.0.limited[which as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A new key a limit let through unremembered (its set held only
+    /// recently refused keys).
+    pub(crate) fn limit_overflow(&self, which: Limited) {
+        self.0.limit_overflow[which as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A sink runs in this process: its numbers are shown.
@@ -342,6 +360,27 @@ impl Metrics {
                 "1 when Redis has AOF or RDB saves on, else 0 (a crash then loses the sales not yet in PostgreSQL).",
                 keeps,
             );
+        }
+        for (name, help, values) in [
+            (
+                "seckill_limited_total",
+                "Requests answered 4029 by a limit against scalpers, by key (user: per_user_per_s, ip: per_ip_per_s).",
+                &m.limited,
+            ),
+            (
+                "seckill_limit_overflow_total",
+                "New keys a limit let through unremembered: every slot of their set held a key refused in the last second.",
+                &m.limit_overflow,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, key) in ["user", "ip"].iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "{name}{{key=\"{key}\"}} {}",
+                    values[i].load(Ordering::Relaxed)
+                );
+            }
         }
         let k = &m.sink;
         if k.on.load(Ordering::Relaxed) {

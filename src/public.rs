@@ -8,7 +8,8 @@
 //! `hijack.rs`; this file never touches a socket.
 //!
 //! Order of checks for a cart-add, cheapest and least revealing first:
-//! route (404/405) -> token (4001) -> blacklist (4003) -> body and ids
+//! client IP limit (4029, every route) -> route (404/405) -> token (4001)
+//! -> uid limit (4029) -> blacklist (4003) -> body and ids
 //! (4000) -> event and goods (4004) -> window (1006/1007) -> memory stock
 //! (1001, 1005, 1004) -> breaker open (1002) -> queue full (1004) -> claim.
 //! Each check says why it refused (its own error type), and `codes.rs`
@@ -27,6 +28,7 @@ use crate::codes::Code;
 use crate::conn::Slots;
 use crate::hijack::Claim;
 use crate::http::parse::{query_param, Request};
+use crate::limits::Limiter;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::queue::Producer;
 use crate::route::{self, Route, RouteError};
@@ -54,6 +56,8 @@ pub struct Public {
     pub metrics: Metrics,
     /// The client connections the process holds (for `/metrics`).
     pub(crate) slots: Slots,
+    /// Limits against scalpers (shared by every loop).
+    pub(crate) limiter: Arc<Limiter>,
 }
 
 fn label(route: &Result<Route<'_>, RouteError>) -> RouteLabel {
@@ -72,6 +76,7 @@ fn label(route: &Result<Route<'_>, RouteError>) -> RouteLabel {
 impl Public {
     fn cart_add(&self, req: &Request<'_>, now: Now<'_>) -> Result<Claim, Code> {
         let uid = self.verify(req, now)?;
+        self.limiter.user(uid, now.at)?;
         if self.blacklist.contains(uid) {
             return Err(Code::Blocked);
         }
@@ -174,6 +179,12 @@ impl Service for Public {
     fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Answer {
         let route = route::public(req.method, req.path);
         let label = label(&route);
+        // Every route counts against the client's IP, before any work.
+        if let Err(limited) = self.limiter.ip(req.peer, req.forwarded_for, now.at) {
+            let reply = Reply::code(Code::from(limited));
+            self.metrics.count(label, reply.code);
+            return reply.write(out, req, now);
+        }
         // What a reply borrows its body from lives out here, past the match.
         let (snap, text);
         let reply = match route {
@@ -259,8 +270,18 @@ mod fixture {
                 blacklist: Blacklist::new(),
                 metrics: Metrics::default(),
                 slots: Slots::new(usize::MAX),
+                limiter: Arc::new(crate::limits::Limiter::new(
+                    &crate::config::LimitsConfig::default(),
+                    Metrics::default(),
+                )),
             };
             Ok((service, consumer))
+        }
+
+        /// The same service with `limits` on (its own counters).
+        pub fn with_limits(mut self, limits: &crate::config::LimitsConfig) -> Public {
+            self.limiter = Arc::new(crate::limits::Limiter::new(limits, Metrics::default()));
+            self
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::config::{Config, SHOP_QUEUE};
 use crate::conn::Slots;
 use crate::event_loop::{EventLoop, LoopConfig, Outlets};
 use crate::http::parse::Limits;
+use crate::limits::Limiter;
 use crate::linger::Linger;
 use crate::lookup::Lookup;
 use crate::metrics::Metrics;
@@ -240,6 +241,8 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
         queue: producer.clone(),
         lookup,
     };
+    // One table per limit for the whole node, shared by every loop.
+    let limiter = Arc::new(Limiter::new(&config.limits, metrics.clone()));
     let mut loops = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let service = Public {
@@ -251,6 +254,7 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
             blacklist: blacklist.clone(),
             metrics: metrics.clone(),
             slots: slots.clone(),
+            limiter: limiter.clone(),
         };
         let ev = EventLoop::new(
             l,

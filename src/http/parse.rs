@@ -59,6 +59,12 @@ pub struct Request<'b> {
     pub(crate) keep_alive: bool,
     /// The `Authorization` header's value, if any.
     pub(crate) authorization: Option<&'b [u8]>,
+    /// The last `X-Forwarded-For` header's value, if any (read only when
+    /// `limits.trust_forwarded_for` is on).
+    pub(crate) forwarded_for: Option<&'b [u8]>,
+    /// The connection's peer address: not in the bytes; the event loop
+    /// fills it in (unspecified until then).
+    pub(crate) peer: std::net::IpAddr,
     /// The body (`Content-Length` bytes).
     pub(crate) body: &'b [u8],
 }
@@ -115,6 +121,7 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError
 
     let mut content_length: Option<usize> = None;
     let mut authorization = None;
+    let mut forwarded_for = None;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     for h in req.headers.iter() {
@@ -132,6 +139,9 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError
                 return Err(Malformed);
             }
             authorization = Some(h.value);
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            // Several headers are one list: its last address is in the last.
+            forwarded_for = Some(h.value);
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -167,6 +177,8 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError
             http10,
             keep_alive,
             authorization,
+            forwarded_for,
+            peer: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             body,
         },
         len: head_len + body_len,
