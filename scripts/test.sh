@@ -2,8 +2,8 @@
 # The one gate, for a newcomer and for CI alike: formatting, lints, every
 # test (unit, and integration against a private redis-server, and for the
 # orders sink a private PostgreSQL, and for several nodes a private haproxy,
-# that each test starts itself; promtool checks /metrics), and the docs
-# with warnings denied.
+# that each test starts itself; promtool checks /metrics, headless
+# Chromium renders a bench report), and the docs with warnings denied.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -11,6 +11,7 @@ source scripts/lib.sh
 need redis-server redis-server
 need haproxy haproxy
 need promtool --no-install-recommends prometheus   # `promtool check metrics` (tests/metrics.rs)
+need chromium chromium                             # renders a bench report (tests/report.rs)
 need_postgres
 
 echo "== cargo fmt --check"

@@ -125,6 +125,10 @@ struct BenchArgs {
     /// The secret; default: `auth.secret` from the config.
     #[arg(long)]
     secret: Option<String>,
+    /// Also write the run as one self-contained HTML page (rates, latency,
+    /// codes over time) to this file.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<std::path::PathBuf>,
     #[command(flatten)]
     config: ConfigArg,
 }
@@ -235,6 +239,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 prefix: a.prefix,
                 secret,
                 json: a.json,
+                report: a.report,
             })
         }
     }

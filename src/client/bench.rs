@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::Signer;
+use crate::client::report::{self, RunInfo, Sample};
 use crate::client::{self, ReadError};
 
 /// What to run.
@@ -51,6 +52,8 @@ pub struct BenchConfig {
     pub secret: String,
     /// Print JSON instead of the table.
     pub json: bool,
+    /// Also write the run as an HTML page here (`report`).
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// One thread's tally.
@@ -60,6 +63,8 @@ struct Tally {
     codes: BTreeMap<i64, u64>,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<&'static str, u64>,
+    // Every answer with its time, kept only for `--report`.
+    samples: Vec<Sample>,
 }
 
 impl Tally {
@@ -74,6 +79,7 @@ impl Tally {
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
+        self.samples.extend(other.samples);
     }
 }
 
@@ -198,6 +204,15 @@ pub fn run(cfg: BenchConfig) -> Result<(), String> {
                         .map_err(|_| "write")
                         .and_then(|()| read_answer(&mut stream, &mut buf));
                     let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    if cfg.report.is_some() {
+                        let at_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
+                        let code = result.as_ref().map_or(report::ERROR, |(_, code, _)| *code);
+                        mine.samples.push(Sample {
+                            at_ms,
+                            latency_us: us,
+                            code,
+                        });
+                    }
                     match result {
                         Ok((status, code, close)) => {
                             mine.latencies_us.push(us);
@@ -244,7 +259,29 @@ pub fn run(cfg: BenchConfig) -> Result<(), String> {
         Err(shared) => std::mem::take(&mut *shared.lock().map_err(|_| "tally poisoned")?),
     };
     t.latencies_us.sort_unstable();
-    report(&cfg, &t, elapsed, stock)
+    if let Some(path) = &cfg.report {
+        let info = RunInfo {
+            title: format!(
+                "{} · event {} · goods {} · {} users · {} connections · {}",
+                cfg.url,
+                cfg.event,
+                cfg.goods,
+                cfg.users,
+                cfg.concurrency,
+                if cfg.keepalive {
+                    "keep-alive"
+                } else {
+                    "one request per connection"
+                }
+            ),
+            elapsed,
+            stock_before: stock,
+        };
+        std::fs::write(path, report::render(&info, &t.samples))
+            .map_err(|e| format!("--report {}: {e}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    print_report(&cfg, &t, elapsed, stock)
 }
 
 fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
@@ -255,7 +292,7 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     f64::from(sorted_us[i]) / 1000.0
 }
 
-fn report(
+fn print_report(
     cfg: &BenchConfig,
     t: &Tally,
     elapsed: Duration,

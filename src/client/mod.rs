@@ -2,6 +2,7 @@
 //! the server.
 //!
 //! - [`bench`](mod@bench): `seckill bench`, the load generator (SPEC §8).
+//! - [`report`]: `seckill bench --report`, the run as one HTML page.
 //! - This file: the one HTTP/1.1 response reader that the load generator,
 //!   the integration tests (`tests/support`) and the examples share.
 //!   Parsing borrows the buffer and allocates nothing, so the load
@@ -12,6 +13,7 @@ use std::io::{ErrorKind, Read};
 use httparse::{Header, Status, EMPTY_HEADER};
 
 pub mod bench;
+pub mod report;
 
 /// Headers a response may have at most (the server writes at most 7).
 const MAX_HEADERS: usize = 32;
