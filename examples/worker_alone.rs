@@ -19,6 +19,7 @@ use seckill::attempt::Attempt;
 use seckill::bucket::Bucket;
 use seckill::clock::{Clock, SystemClock};
 use seckill::config::QueueConfig;
+use seckill::config::Strategy;
 use seckill::conn::Slots;
 use seckill::hijack::{Hijacked, Task};
 use seckill::linger::Linger;
@@ -51,6 +52,9 @@ struct Args {
     /// Rounds.
     #[arg(long, default_value_t = 4)]
     rounds: usize,
+    /// `lua` or `sliding-lock` (SPEC §3.1).
+    #[arg(long, default_value = "lua")]
+    strategy: String,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,7 +64,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         goods,
         tasks,
         rounds,
+        strategy,
     } = clap::Parser::parse();
+    let strategy = match strategy.as_str() {
+        "lua" => Strategy::Lua,
+        "sliding-lock" => Strategy::SlidingLock,
+        other => return Err(format!("--strategy {other}: lua or sliding-lock").into()),
+    };
     let endpoint = if cluster {
         Endpoint::Cluster(redis.split(',').map(str::to_string).collect())
     } else {
@@ -116,7 +126,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         drop(producer); // the worker stops once the queue is empty
-        let deducter = Deducter::new(endpoint.clone(), Duration::from_secs(5))?;
+        let deducter = Deducter::new(endpoint.clone(), Duration::from_secs(5))?
+            .with_strategy(strategy, Duration::from_secs(3600));
         let metrics = Metrics::default();
         let worker = Worker::new(
             consumer,

@@ -6,13 +6,16 @@
 #                same JSON to everything (wrk -t1 -c64, rounds interleaved)
 #   close path   the same with Connection: close on every request
 #   sell-out     seckill bench: stock 10000, 100000 users, 256 connections,
-#                one request per connection; wins must equal the stock
+#                one request per connection; wins must equal the stock; with
+#                each deduct strategy (SPEC §3.1: lua, sliding-lock), each on
+#                its own node, rounds interleaved
 #   via-lb       the same sell-out through haproxy (deploy/haproxy.cfg) to
 #                three nodes (one event loop each, stock.nodes 3) on the same
 #                Redis, rounds interleaved with the direct ones: on two cores
 #                this is the cost of the hop, not scaling
 #   worker       the worker alone, queue kept full (examples/worker_alone),
-#                vs redis-benchmark -P 16 running the same Lua script
+#                vs redis-benchmark -P 16 running the same Lua script; with
+#                each deduct strategy, against the same baseline
 #   worker-rc    the worker alone against a 3-master Redis Cluster, tasks
 #                spread over 12 goods (so over every master), vs the same on
 #                the one Redis, rounds interleaved: on two cores, the cost of
@@ -90,12 +93,13 @@ STOCK=10000
 goods='{"goods_id":"g0","stock":0}'
 rcli set 'seckill:{e1:g0}:stock' 0 >/dev/null
 for r in $(seq "$ROUNDS"); do
-  for g in sell$r lb$r; do
+  for g in sell$r lb$r sl$r; do
     rcli set "seckill:{e1:$g}:stock" "$STOCK" >/dev/null
     goods+=",{\"goods_id\":\"$g\",\"stock\":$STOCK}"
   done
 done
 rcli set 'seckill:{e1:w}:stock' 100000000 >/dev/null
+rcli set 'seckill:{e1:wsl}:stock' 100000000 >/dev/null
 rcli set 'seckill:{e1:rb}:stock' 100000000 >/dev/null
 printf '{"event_id":"e1","name":"bench","start_at":0,"end_at":4102444800,"goods":[%s]}' "$goods" |
   rcli -x hset seckill:events e1 >/dev/null
@@ -237,14 +241,22 @@ sellout() { # name url goods round
   SO_RPS[$1]+="$rps " SO_P99[$1]+="$p99 "
   log "$1 round $4: $rps req/s, p99 $p99 ms, wins $wins, HLEN $hlen, XLEN $xlen, stock $left: $ok"
 }
+# The same node, but deducting with the sliding stock-number lock.
+SLPORT=$(free_port)
+{ node_config "$SLPORT" "$THREADS" 1; printf '[deduct]\nstrategy = "sliding-lock"\n'; } >"$RUN/sliding.toml"
+RUST_LOG=warn "$BIN" serve --config "$RUN/sliding.toml" >"$RUN/sliding.out" 2>"$RUN/sliding.log" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$SLPORT" "$RUN/sliding.log"
 for r in $(seq "$ROUNDS"); do
-  if ((r % 2)); then
-    sellout direct "http://127.0.0.1:$SPORT" "sell$r" "$r"
-    sellout lb "http://127.0.0.1:$LBPORT" "lb$r" "$r"
-  else
-    sellout lb "http://127.0.0.1:$LBPORT" "lb$r" "$r"
-    sellout direct "http://127.0.0.1:$SPORT" "sell$r" "$r"
-  fi
+  runs=(direct lb sliding)
+  ((r % 2)) || runs=(sliding lb direct)
+  for what in "${runs[@]}"; do
+    case $what in
+      direct) sellout direct "http://127.0.0.1:$SPORT" "sell$r" "$r" ;;
+      lb) sellout lb "http://127.0.0.1:$LBPORT" "lb$r" "$r" ;;
+      sliding) sellout sliding "http://127.0.0.1:$SLPORT" "sl$r" "$r" ;;
+    esac
+  done
 done
 
 # ---- memory per idle keep-alive connection, 10 000 of them ----
@@ -259,7 +271,9 @@ SHA=$(rcli script load "$(cat src/store/deduct.lua)")
 RB=$(redis-benchmark -h 127.0.0.1 -p "$RPORT" -n 200000 -P 16 -r 1000000000 -q \
   evalsha "$SHA" 3 'seckill:{e1:rb}:stock' 'seckill:{e1:rb}:buyers' 'seckill:{e1:rb}:orders' \
   'u__rand_int__' e1 rb 0 2>/dev/null | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{printf "%.0f", $1}')
-log "worker alone: $W_RATE deducts/s; redis-benchmark -P 16: $RB req/s"
+W_SL_OUT=$("$WORKER" --redis "redis://127.0.0.1:$RPORT/" --goods wsl --tasks 5000 --rounds 4 --strategy sliding-lock 2>/dev/null)
+W_SL_RATE=$(sed -E 's/.*deducts_per_s=([0-9]+).*/\1/' <<<"$W_SL_OUT")
+log "worker alone: $W_RATE deducts/s (lua), $W_SL_RATE (sliding-lock); redis-benchmark -P 16: $RB req/s"
 
 # ---- the worker against a Redis Cluster vs the one Redis, 12 goods each ----
 mkdir -p "$RUN/rc"
@@ -362,7 +376,7 @@ echo "## seckill scripts/bench.sh — $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: nproc $(nproc), $(uname -sr), $(redis-server --version | awk '{print $3}'), $(nginx -v 2>&1 | awk -F/ '{print "nginx " $2}'), seckill threads=$THREADS"
 echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds interleaved; medians"
 echo
-printf '%-10s %14s %14s %8s %12s %12s\n' path "seckill req/s" "nginx req/s" "x nginx" "seckill p99" "nginx p99"
+printf '%-10s %-13s %14s %14s %8s %12s %12s\n' path strategy "seckill req/s" "nginx req/s" "x nginx" "seckill p99" "nginx p99"
 for mode in keep close; do
   s=$(tr ' ' '\n' <<<"${RPS[$mode.seckill]}" | grep . | median)
   n=$(tr ' ' '\n' <<<"${RPS[$mode.nginx]}" | grep . | median)
@@ -370,22 +384,28 @@ for mode in keep close; do
   np=$(tr ' ' '\n' <<<"${P99[$mode.nginx]}" | grep . | median)
   name=reject
   [[ $mode == close ]] && name=close
-  printf '%-10s %14.0f %14.0f %8s %10s ms %10s ms\n' "$name" "$s" "$n" "$(ratio "$s" "$n")" "$sp" "$np"
+  printf '%-10s %-13s %14.0f %14.0f %8s %10s ms %10s ms\n' "$name" - "$s" "$n" "$(ratio "$s" "$n")" "$sp" "$np"
 done
 so=$(tr ' ' '\n' <<<"${SO_RPS[direct]}" | grep . | median)
 sop=$(tr ' ' '\n' <<<"${SO_P99[direct]}" | grep . | median)
 lb=$(tr ' ' '\n' <<<"${SO_RPS[lb]}" | grep . | median)
 lbp=$(tr ' ' '\n' <<<"${SO_P99[lb]}" | grep . | median)
-printf '%-10s %14.0f %14s %8s %10s ms   (stock %s, 100000 users, 256 conns, 1 node direct; exact wins: %s)\n' \
-  sell-out "$so" - - "$sop" "$STOCK" "$([[ $SO_OK == 1 ]] && echo yes || echo NO)"
-printf '%-10s %14.0f %14.0f %8s %10s ms   (the same through haproxy to 3 nodes, vs direct req/s)\n' \
-  via-lb "$lb" "$so" "$(ratio "$lb" "$so")" "$lbp"
-printf '%-10s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\n' \
-  worker "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
-printf '%-10s %14.0f %14.0f %8s   (deducts/s, 12 goods on a 3-master Redis Cluster vs the same on one Redis)\n' \
-  worker-rc "$WRC_CL" "$WRC_ONE" "$(ratio "$WRC_CL" "$WRC_ONE")"
-printf '%-10s %14s %14s %8s   (RSS bytes per idle keep-alive connection, 10000 connections)\n' \
-  memory "${MEM_PER:-?}" - -
-printf '%-10s %14s %14s %8s   (orders/s into PostgreSQL from a %s-entry backlog vs psql \\copy rows/s)\n' \
-  sink "$SINK_RATE" "$COPY_RATE" "$(ratio "$SINK_RATE" "$COPY_RATE")" "$SINK_N"
+sl=$(tr ' ' '\n' <<<"${SO_RPS[sliding]}" | grep . | median)
+slp=$(tr ' ' '\n' <<<"${SO_P99[sliding]}" | grep . | median)
+printf '%-10s %-13s %14.0f %14s %8s %10s ms   (stock %s, 100000 users, 256 conns, 1 node direct; exact wins: %s)\n' \
+  sell-out lua "$so" - - "$sop" "$STOCK" "$([[ $SO_OK == 1 ]] && echo yes || echo NO)"
+printf '%-10s %-13s %14.0f %14.0f %8s %10s ms   (the same, vs lua req/s)\n' \
+  sell-out sliding-lock "$sl" "$so" "$(ratio "$sl" "$so")" "$slp"
+printf '%-10s %-13s %14.0f %14.0f %8s %10s ms   (the same through haproxy to 3 nodes, vs direct req/s)\n' \
+  via-lb lua "$lb" "$so" "$(ratio "$lb" "$so")" "$lbp"
+printf '%-10s %-13s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\n' \
+  worker lua "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
+printf '%-10s %-13s %14s %14s %8s   (deducts/s vs the same redis-benchmark)\n' \
+  worker sliding-lock "$W_SL_RATE" "$RB" "$(ratio "$W_SL_RATE" "$RB")"
+printf '%-10s %-13s %14.0f %14.0f %8s   (deducts/s, 12 goods on a 3-master Redis Cluster vs the same on one Redis)\n' \
+  worker-rc lua "$WRC_CL" "$WRC_ONE" "$(ratio "$WRC_CL" "$WRC_ONE")"
+printf '%-10s %-13s %14s %14s %8s   (RSS bytes per idle keep-alive connection, 10000 connections)\n' \
+  memory - "${MEM_PER:-?}" - -
+printf '%-10s %-13s %14s %14s %8s   (orders/s into PostgreSQL from a %s-entry backlog vs psql \\copy rows/s)\n' \
+  sink - "$SINK_RATE" "$COPY_RATE" "$(ratio "$SINK_RATE" "$COPY_RATE")" "$SINK_N"
 [[ $SO_OK == 1 ]]

@@ -187,15 +187,17 @@ impl Admin {
                 let epoch: u64 = conn.query(
                     redis::cmd("EVAL")
                         .arg(RESET_SCRIPT)
-                        .arg(5)
+                        .arg(6)
                         .arg(&k.stock)
                         .arg(&k.buyers)
                         .arg(&k.orders)
                         .arg(&k.reset)
                         .arg(&k.added)
+                        .arg(&k.used)
                         .arg(g.stock)
                         .arg(now_ms),
                 )?;
+                drop_locks(conn, &k)?;
                 g.epoch = epoch;
                 g.orders_after = epoch;
                 continue;
@@ -408,15 +410,16 @@ impl Admin {
                         .del(&k.buyers)
                         .del(&k.orders)
                         .del(&k.reset)
-                        .del(&k.added);
+                        .del(&k.added)
+                        .del(&k.used);
                 }
                 if with_hdel {
                     pipe.hdel(keys::EVENTS, event_id);
                 }
                 pipe.cmd("EXEC");
                 let replies = match watched {
-                    Some(w) => self.conn.exec_watched(w, at, &pipe),
-                    None => self.conn.round_trip_at(at, &pipe),
+                    Some(w) => self.conn.exec_watched(w, at, &pipe, None),
+                    None => self.conn.round_trip_at(at, &pipe, None),
                 }
                 .map_err(redis::RedisError::from)?;
                 match replies.last() {
@@ -436,11 +439,42 @@ impl Admin {
                 }
             }
         }
+        for s in &streams {
+            drop_locks(&mut self.conn, &GoodsKeys::new(event_id, &s.goods_id))?;
+        }
         if !event_deleted {
             self.conn
                 .query::<()>(redis::cmd("HDEL").arg(keys::EVENTS).arg(event_id))?;
         }
         Ok(())
+    }
+}
+
+/// Removes the sliding-lock strategy's `lock:N` keys of a goods (SPEC
+/// §3.1): a `SCAN` of its master for the goods' lock prefix, then `DEL`.
+/// Locks live only while an attempt is in flight (and expire), so there
+/// are few; a script could not name them in advance.
+fn drop_locks(conn: &mut Redis, k: &GoodsKeys) -> redis::RedisResult<()> {
+    let at = k.stock.as_bytes();
+    let pattern = format!("{}:*", k.lock_prefix);
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = conn.query_at(
+            at,
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000),
+        )?;
+        if !found.is_empty() {
+            conn.query_at::<()>(at, redis::cmd("DEL").arg(&found))?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Config {
     pub blacklist: BlacklistConfig,
     /// `[limits]`: per-uid and per-IP rates (4029).
     pub limits: LimitsConfig,
+    /// `[deduct]`: how the worker deducts (SPEC §3.1).
+    pub deduct: DeductConfig,
     /// `[sink]`: orders from Redis into PostgreSQL (SPEC §9).
     pub sink: SinkConfig,
 }
@@ -162,6 +164,25 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[deduct]` (SPEC §3.1).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeductConfig {
+    /// `"lua"` (the default) or `"sliding-lock"`.
+    pub strategy: Strategy,
+}
+
+/// How the worker deducts.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// One atomic script per attempt, pipelined (`deduct.lua`).
+    #[default]
+    Lua,
+    /// The course's sliding stock-number lock (`store::sliding`).
+    SlidingLock,
+}
+
 /// `[sink]`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -213,6 +234,7 @@ impl Default for Config {
             stock: StockConfig::default(),
             blacklist: BlacklistConfig::default(),
             limits: LimitsConfig::default(),
+            deduct: DeductConfig::default(),
             sink: SinkConfig::default(),
         }
     }

@@ -183,8 +183,9 @@ pub(crate) fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, St
 
     let queue_cfg = config.shop_queue();
     let (producer, consumer) = queue::open(SHOP_QUEUE, &queue_cfg)?;
-    let deducter =
-        Deducter::new(endpoint.clone(), redis_timeout).map_err(|e| format!("redis: {e}"))?;
+    let deducter = Deducter::new(endpoint.clone(), redis_timeout)
+        .map_err(|e| format!("redis: {e}"))?
+        .with_strategy(config.deduct.strategy, request_timeout);
     let worker = Worker::new(
         consumer,
         Bucket::new(queue_cfg.rate, queue_cfg.burst, clock.now()),

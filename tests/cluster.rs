@@ -490,3 +490,27 @@ fn a_top_up_on_every_master_sells_exactly_the_units_added() {
     let (code, out) = check(&cluster_config(&cluster), &[]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Issue 11: the sliding stock-number lock on a Redis Cluster: its
+/// transactions and watches go to the master of each goods' slot.
+#[test]
+fn the_sliding_lock_sells_exactly_on_every_master() {
+    let cluster = RedisCluster::start();
+    let goods = cluster.goods_on_every_master("e1", 1);
+    let stock: Vec<(&str, i64)> = goods.iter().map(|g| (g.as_str(), 3)).collect();
+    cluster.seed("e1", &stock);
+    let mut c = cluster_config(&cluster);
+    c.deduct.strategy = seckill::config::Strategy::SlidingLock;
+    let s = Seckill::start_ready(&c);
+    for g in &goods {
+        let codes: Vec<i64> = (0..4)
+            .map(|i| s.client().buy(&format!("u{i}"), "e1", g).code())
+            .collect();
+        assert_eq!(codes, [0, 0, 0, 1001], "{g}");
+        assert_eq!(cluster.hlen_buyers("e1", g), 3);
+        assert_eq!(cluster.xlen_orders("e1", g), 3);
+        assert_eq!(cluster.stock("e1", g), Some(0));
+    }
+    let (code, out) = check(&c, &[]);
+    assert_eq!(code, 0, "{out}");
+}

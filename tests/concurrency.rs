@@ -2,7 +2,7 @@
 //! (issue 2). Stock 100; 2000 distinct users plus 1000 repeat attempts from
 //! 100 client threads, each request on a new connection, spread across the
 //! nodes. Wins seen = HLEN buyers = XLEN orders = 100, stock 0, nobody wins
-//! twice, every request answered.
+//! twice, every request answered. With both deduct strategies (SPEC §3.1).
 
 mod support;
 
@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
+use seckill::config::Strategy;
 use support::{config, Client, RedisServer, Seckill, ADMIN_KEY, FAR};
 
 const STOCK: i64 = 100;
@@ -18,18 +19,18 @@ const REPEATS: usize = 1000;
 const THREADS: usize = 100;
 
 /// One of three nodes sharing `redis` (SPEC §4: nodes 3, factor 1.5).
-fn node_config(redis: &RedisServer) -> seckill::config::Config {
+fn node_config(redis: &RedisServer, strategy: Strategy) -> seckill::config::Config {
     let mut c = config(redis);
+    c.deduct.strategy = strategy;
     c.stock.nodes = 3;
     c.stock.factor = 1.5;
     c
 }
 
-#[test]
-fn three_nodes_sell_exactly_the_stock_once_per_user() {
+fn three_nodes_sell_exactly_the_stock_once_per_user(strategy: Strategy) {
     let redis = RedisServer::with_e1(&[("g1", STOCK)]);
     let nodes: Vec<Seckill> = (0..3)
-        .map(|_| Seckill::start_ready(&node_config(&redis)))
+        .map(|_| Seckill::start_ready(&node_config(&redis, strategy)))
         .collect();
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
 
@@ -105,8 +106,8 @@ fn three_nodes_sell_exactly_the_stock_once_per_user() {
 #[test]
 fn admin_change_on_one_node_reaches_another_within_a_second() {
     let redis = RedisServer::with_e1(&[("g1", 1)]);
-    let a = Seckill::start_ready(&node_config(&redis));
-    let b = Seckill::start_ready(&node_config(&redis));
+    let a = Seckill::start_ready(&node_config(&redis, Strategy::Lua));
+    let b = Seckill::start_ready(&node_config(&redis, Strategy::Lua));
     let def = &format!(
         r#"{{"event_id":"e9","name":"n","start_at":0,"end_at":{FAR},"goods":[{{"goods_id":"g1","stock":2}}]}}"#
     );
@@ -120,3 +121,5 @@ fn admin_change_on_one_node_reaches_another_within_a_second() {
     // Node b learns of e9 within 1 s.
     b.wait_for_event("e9", Duration::from_secs(1));
 }
+
+crate::with_each_strategy!(three_nodes_sell_exactly_the_stock_once_per_user);

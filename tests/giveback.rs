@@ -6,17 +6,21 @@
 //! effect before the command returns) until `CLIENT UNPAUSE`, which keeps
 //! the worker busy on one deduct for exactly as long as a test needs: the
 //! state is set up through readiness checks on `/metrics`, then released.
+//!
+//! Every test runs with both deduct strategies (SPEC §3.1): `lua::*` and
+//! `sliding_lock::*`.
 
 mod support;
 
 use std::time::Duration;
 
-use seckill::config::Config;
+use seckill::config::{Config, Strategy};
 use support::{buy_bytes, config, hold_worker, release_worker, shop, Client, RedisServer, Seckill};
 
 /// The test config, with Redis calls that wait out `hold_worker`'s pause.
-fn held(redis: &RedisServer) -> Config {
+fn held(redis: &RedisServer, strategy: Strategy) -> Config {
     let mut c = config(redis);
+    c.deduct.strategy = strategy;
     c.redis.timeout_ms = 20_000;
     c
 }
@@ -24,8 +28,8 @@ fn held(redis: &RedisServer) -> Config {
 /// `held`, with one token at a time: right after an attempt takes it
 /// there is none to spare, so the next ones wait in the queue instead of
 /// joining its batch.
-fn paced(redis: &RedisServer) -> Config {
-    let mut c = held(redis);
+fn paced(redis: &RedisServer, strategy: Strategy) -> Config {
+    let mut c = held(redis, strategy);
     shop(&mut c).rate = 20;
     shop(&mut c).burst = 1;
     c
@@ -36,10 +40,9 @@ fn wait_metric(s: &Seckill, line: &str) {
     s.wait_metric(line, Duration::from_secs(5));
 }
 
-#[test]
-fn already_purchased_from_redis_gives_the_unit_back() {
+fn already_purchased_from_redis_gives_the_unit_back(strategy: Strategy) {
     let redis = RedisServer::with_e1(&[("g1", 2)]);
-    let s = Seckill::start_ready(&held(&redis));
+    let s = Seckill::start_ready(&held(&redis, strategy));
     // Bought elsewhere: Redis knows, this node does not.
     let _: i64 = redis.cmd(&["HSET", "seckill:{e1:g1}:buyers", "x", "1-0"]);
     let mut c = s.client();
@@ -58,10 +61,9 @@ fn already_purchased_from_redis_gives_the_unit_back() {
         .assert(200, 1005, "already purchased", "keep-alive");
 }
 
-#[test]
-fn redis_error_gives_the_unit_back() {
+fn redis_error_gives_the_unit_back(strategy: Strategy) {
     let redis = RedisServer::with_e1(&[("g1", 1)]);
-    let s = Seckill::start_ready(&held(&redis));
+    let s = Seckill::start_ready(&held(&redis, strategy));
     // A buyers key of the wrong type makes the script fail inside Redis.
     let _: () = redis.cmd(&["SET", "seckill:{e1:g1}:buyers", "not a hash"]);
     s.client()
@@ -74,12 +76,11 @@ fn redis_error_gives_the_unit_back() {
         .assert(200, 0, "ok", "close");
 }
 
-#[test]
-fn queue_timeout_answers_1003_and_gives_the_unit_back() {
+fn queue_timeout_answers_1003_and_gives_the_unit_back(strategy: Strategy) {
     let redis = RedisServer::with_e1(&[("g1", 3)]);
     // One token at a time: right after u1 takes it there is none to spare, so u2 and
     // u3 cannot join u1's batch; they wait in the queue.
-    let mut c = paced(&redis);
+    let mut c = paced(&redis, strategy);
     c.server.request_timeout_ms = 200;
     let s = Seckill::start_ready(&c);
     // u1 is in the worker, held; only then do u2 and u3 queue (sent
@@ -111,11 +112,10 @@ fn queue_timeout_answers_1003_and_gives_the_unit_back() {
     assert_eq!(redis.stock("e1", "g1"), Some(0));
 }
 
-#[test]
-fn full_queue_answers_1004_and_gives_the_unit_back() {
+fn full_queue_answers_1004_and_gives_the_unit_back(strategy: Strategy) {
     let redis = RedisServer::with_e1(&[("g1", 4)]);
     // One token at a time: u2 cannot join u1's batch, it waits in the queue (size 1).
-    let mut c = paced(&redis);
+    let mut c = paced(&redis, strategy);
     shop(&mut c).size = 1;
     let s = Seckill::start_ready(&c);
     let mut u1 = hold_worker(&redis, &s, "u1", "g1");
@@ -149,10 +149,9 @@ fn full_queue_answers_1004_and_gives_the_unit_back() {
 /// five buyers got 1002 each while the stock went 5 -> 0 with no buyer and
 /// no order. The script now checks every key before its first write, the
 /// error is counted, and it does not open the breaker for other goods.
-#[test]
-fn wrong_type_orders_key_burns_no_stock() {
+fn wrong_type_orders_key_burns_no_stock(strategy: Strategy) {
     let redis = RedisServer::with_e1(&[("g1", 5), ("g2", 5)]);
-    let s = Seckill::start_ready(&held(&redis));
+    let s = Seckill::start_ready(&held(&redis, strategy));
     let _: () = redis.cmd(&["SET", "seckill:{e1:g1}:orders", "not a stream"]);
     for i in 0..5 {
         s.client()
@@ -179,3 +178,11 @@ fn wrong_type_orders_key_burns_no_stock() {
     assert_eq!(redis.stock("e1", "g1"), Some(0));
     assert_eq!(redis.xlen_orders("e1", "g1"), 5);
 }
+
+crate::with_each_strategy!(
+    already_purchased_from_redis_gives_the_unit_back,
+    redis_error_gives_the_unit_back,
+    queue_timeout_answers_1003_and_gives_the_unit_back,
+    full_queue_answers_1004_and_gives_the_unit_back,
+    wrong_type_orders_key_burns_no_stock
+);

@@ -455,9 +455,10 @@ impl Redis {
         &mut self,
         key: &[u8],
         pipe: &Pipeline,
+        until: Option<Instant>,
     ) -> Result<Vec<RedisResult<Value>>, TripError> {
         let cmds: Vec<(&Cmd, Route<'_>)> = pipe.cmd_iter().map(|c| (c, Route::Key(key))).collect();
-        let deadline = self.deadline(None);
+        let deadline = self.deadline(until);
         self.trip(&cmds, deadline, false).into_iter().collect()
     }
 
@@ -485,6 +486,52 @@ impl Redis {
         Ok(Watched { node, generation })
     }
 
+    /// As `watch`, with `then` sent right behind the `WATCH` on the same
+    /// connection, in the same round trip, no later than `until`: one
+    /// outcome for each command of `then`.
+    pub(crate) fn watch_and(
+        &mut self,
+        keys: &[&[u8]],
+        then: &Pipeline,
+        until: Option<Instant>,
+    ) -> Result<(Watched, Vec<RedisResult<Value>>), TripError> {
+        let Some(first) = keys.first() else {
+            return Err(TripError::NotSent(RedisError::from((
+                ErrorKind::Client,
+                "WATCH of no key",
+            ))));
+        };
+        let mut watch = redis::cmd("WATCH");
+        for k in keys {
+            watch.arg(*k);
+        }
+        let deadline = self.deadline(until);
+        let node = self
+            .node_for(&watch, Route::Key(first), deadline)
+            .map_err(TripError::NotSent)?;
+        let mut cmds: Vec<(&Cmd, Route<'_>)> = vec![(&watch, Route::Key(first))];
+        cmds.extend(then.cmd_iter().map(|c| (c, Route::Key(first))));
+        let mut replies = self
+            .trip(&cmds, deadline, false)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter();
+        match replies.next() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(TripError::NotSent(e)),
+            None => return Err(TripError::NotSent(timed_out())),
+        }
+        let generation = self.nodes[node].conn.generation().ok_or_else(|| {
+            TripError::NotSent(RedisError::from((ErrorKind::Io, "WATCH connection lost")))
+        })?;
+        Ok((Watched { node, generation }, replies.collect()))
+    }
+
+    /// The server `watched` was sent to (`host:port`).
+    pub(crate) fn watched_node(&self, watched: &Watched) -> String {
+        self.nodes[watched.node].addr.clone()
+    }
+
     /// Runs `pipe` (`MULTI` ... `EXEC`) where `watched` was sent, and only
     /// when that connection is still the one (else nothing is sent and
     /// the watch is reported lost). No redirection followed.
@@ -493,8 +540,9 @@ impl Redis {
         watched: Watched,
         key: &[u8],
         pipe: &Pipeline,
+        until: Option<Instant>,
     ) -> Result<Vec<RedisResult<Value>>, TripError> {
-        let deadline = self.deadline(None);
+        let deadline = self.deadline(until);
         let lost = || TripError::NotSent(RedisError::from((ErrorKind::Io, "the WATCH was lost")));
         let mut first = pipe.cmd_iter();
         let Some(cmd) = first.next() else {

@@ -35,9 +35,11 @@ use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use sha1::{Digest, Sha1};
 
 use crate::attempt::Attempt;
+use crate::config::Strategy;
 use crate::store::access::{Endpoint, Redis, Route};
 use crate::store::conn::{refused_for_good, ClientId, TripError};
 use crate::store::keys::{self, GoodsKeys};
+use crate::store::sliding::SlidingLock;
 
 /// Failed connections the resolver remembers to kill, at most.
 const MAX_DEAD: usize = 256;
@@ -117,6 +119,8 @@ pub(crate) enum Resolved {
 /// A Redis connection that runs the deduct. One per worker thread.
 pub struct Deducter {
     conn: Redis,
+    // Some: the sliding stock-number lock instead of the script.
+    sliding: Option<SlidingLock>,
     // The resolver's own connection, never the one that failed; taken by
     // the worker's resolve thread.
     resolver: Option<Resolver>,
@@ -154,12 +158,25 @@ impl Deducter {
         let endpoint = endpoint.into();
         Ok(Deducter {
             conn: Redis::open(&endpoint, timeout)?.tracking_client_id(),
+            sliding: None,
             resolver: Some(Resolver {
                 redis: Redis::open(&endpoint, timeout)?,
                 dead: Vec::new(),
             }),
             sha: script_sha(SCRIPT),
         })
+    }
+
+    /// The same deducter with `strategy`; `request_timeout` bounds an
+    /// attempt's life (a sliding lock lives twice that).
+    pub fn with_strategy(mut self, strategy: Strategy, request_timeout: Duration) -> Self {
+        self.sliding = match strategy {
+            Strategy::Lua => None,
+            Strategy::SlidingLock => Some(SlidingLock {
+                lock_ttl: request_timeout.saturating_mul(2),
+            }),
+        };
+        self
     }
 
     /// Runs the deduct for every attempt in one round trip (a pipeline of
@@ -178,6 +195,13 @@ impl Deducter {
         ts_ms: u64,
         until: Option<Instant>,
     ) -> Vec<Result<DeductOutcome, DeductError>> {
+        if let Some(sliding) = self.sliding {
+            // One at a time, each to its end (see `store::sliding`).
+            return attempts
+                .iter()
+                .map(|a| sliding.deduct(&mut self.conn, a, ts_ms, until))
+                .collect();
+        }
         let keys: Vec<GoodsKeys> = attempts
             .iter()
             .map(|a| GoodsKeys::new(&a.event_id, &a.goods_id))

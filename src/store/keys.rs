@@ -33,6 +33,11 @@ pub(crate) struct GoodsKeys {
     pub(crate) orders: String,
     /// String: units added by top-ups (absent: 0); cleared by a reset.
     pub(crate) added: String,
+    /// String: stock numbers handed out (`deduct.strategy =
+    /// "sliding-lock"` only, `store::sliding`); cleared by a reset.
+    pub(crate) used: String,
+    /// `lock:N` of stock number N is this, `:`, N (sliding-lock only).
+    pub(crate) lock_prefix: String,
     /// String: the last reset's line E (ms), written by the reset script
     /// in the same step as the new stream: every order of the sale since
     /// has a stream id above E-0. Absent: never reset. Not in SPEC §3's
@@ -50,6 +55,8 @@ impl GoodsKeys {
             buyers: format!("{tag}:buyers"),
             orders: format!("{tag}:orders"),
             added: format!("{tag}:added"),
+            used: format!("{tag}:used"),
+            lock_prefix: format!("{tag}:lock"),
             reset: format!("{tag}:reset"),
         }
     }

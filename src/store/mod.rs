@@ -11,7 +11,8 @@
 //! - [`breaker`]: the circuit breaker every Redis caller on the sale path
 //!   shares.
 //! - [`deduct`] (stage 7 of the request path) and `deduct.lua`: the sale,
-//!   one atomic script per attempt.
+//!   one atomic script per attempt; [`sliding`]: the course's sliding
+//!   stock-number lock, the other strategy (`deduct.strategy`).
 //! - `reset.lua` ([`RESET_SCRIPT`]): an admin reset, one atomic script that
 //!   starts a goods' new sale with stream ids above its epoch.
 //! - `topup.lua` ([`TOPUP_SCRIPT`]): an admin top-up, one atomic script that
@@ -22,6 +23,7 @@ pub mod breaker;
 pub(crate) mod conn;
 pub mod deduct;
 pub mod keys;
+pub(crate) mod sliding;
 
 /// The admin reset of one goods (`reset.lua`): sent with `EVAL`, as resets
 /// are rare. Returns the epoch every new order's stream id is above.

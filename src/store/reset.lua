@@ -1,6 +1,8 @@
 -- seckill reset (SPEC §2 admin, "reset": true): a goods starts a new sale.
 -- KEYS[1] stock, KEYS[2] buyers, KEYS[3] orders, KEYS[4] reset, KEYS[5]
--- added (one hash tag: one slot).
+-- added, KEYS[6] used (the sliding-lock strategy's count) (one hash tag:
+-- one slot). The sliding-lock's `lock:N` keys, which a script cannot
+-- name in advance, are removed by the caller right after.
 -- ARGV[1] the new stock, ARGV[2] the lowest epoch the caller wants (ms).
 -- Returns the reset's epoch E: every order of the new sale has a stream id
 -- above E-0, every order of the old sale one below it.
@@ -20,7 +22,7 @@ if last[1] then
     epoch = ms + 1
   end
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XGROUP', 'CREATE', KEYS[3], 'seckill-sink', '0', 'MKSTREAM')
 redis.call('XSETID', KEYS[3], epoch .. '-0')

@@ -21,6 +21,26 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+
+/// One `#[test]` per deduct strategy (SPEC §3.1) for each named function
+/// `fn name(strategy: Strategy)`: `lua::name` and `sliding_lock::name`.
+#[macro_export]
+macro_rules! with_each_strategy {
+    ($($name:ident),* $(,)?) => {
+        mod lua {
+            $(#[test]
+            fn $name() {
+                super::$name(seckill::config::Strategy::Lua)
+            })*
+        }
+        mod sliding_lock {
+            $(#[test]
+            fn $name() {
+                super::$name(seckill::config::Strategy::SlidingLock)
+            })*
+        }
+    };
+}
 pub mod haproxy;
 pub mod pg;
 
