@@ -197,7 +197,7 @@ impl Admin {
                         .arg(g.stock)
                         .arg(now_ms),
                 )?;
-                drop_locks(conn, &k)?;
+                drop_locks(conn, &k);
                 g.epoch = epoch;
                 g.orders_after = epoch;
                 continue;
@@ -440,7 +440,7 @@ impl Admin {
             }
         }
         for s in &streams {
-            drop_locks(&mut self.conn, &GoodsKeys::new(event_id, &s.goods_id))?;
+            drop_locks(&mut self.conn, &GoodsKeys::new(event_id, &s.goods_id));
         }
         if !event_deleted {
             self.conn
@@ -453,8 +453,18 @@ impl Admin {
 /// Removes the sliding-lock strategy's `lock:N` keys of a goods (SPEC
 /// §3.1): a `SCAN` of its master for the goods' lock prefix, then `DEL`.
 /// Locks live only while an attempt is in flight (and expire), so there
-/// are few; a script could not name them in advance.
-fn drop_locks(conn: &mut Redis, k: &GoodsKeys) -> redis::RedisResult<()> {
+/// are few; a script could not name them in advance. Best effort: the
+/// change itself is done, and a lock left expires (`request_timeout_ms`).
+fn drop_locks(conn: &mut Redis, k: &GoodsKeys) {
+    if let Err(e) = scan_and_delete(conn, k) {
+        log::warn!(
+            "admin: removing {}:* failed ({e}); they expire by themselves",
+            k.lock_prefix
+        );
+    }
+}
+
+fn scan_and_delete(conn: &mut Redis, k: &GoodsKeys) -> redis::RedisResult<()> {
     let at = k.stock.as_bytes();
     let pattern = format!("{}:*", k.lock_prefix);
     let mut cursor = 0u64;

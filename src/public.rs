@@ -8,7 +8,7 @@
 //! `hijack.rs`; this file never touches a socket.
 //!
 //! Order of checks for a cart-add, cheapest and least revealing first:
-//! client IP limit (4029, every route) -> route (404/405) -> token (4001)
+//! client IP limit (4029, every route but the probes) -> route (404/405) -> token (4001)
 //! -> uid limit (4029) -> blacklist (4003) -> body and ids
 //! (4000) -> event and goods (4004) -> window (1006/1007) -> memory stock
 //! (1001, 1005, 1004) -> breaker open (1002) -> queue full (1004) -> claim.
@@ -179,8 +179,16 @@ impl Service for Public {
     fn handle(&mut self, req: &Request<'_>, now: Now<'_>, out: &mut Vec<u8>) -> Answer {
         let route = route::public(req.method, req.path);
         let label = label(&route);
-        // Every route counts against the client's IP, before any work.
-        if let Err(limited) = self.limiter.ip(req.peer, req.forwarded_for, now.at) {
+        // Every route counts against the client's IP, before any work,
+        // except the probes: a balancer's health checks come from its own
+        // address, and a probe refused would take a healthy node out.
+        let probe = matches!(route, Ok(Route::Healthz | Route::Readyz));
+        let limited = if probe {
+            Ok(())
+        } else {
+            self.limiter.ip(req.peer, req.forwarded_for, now.at)
+        };
+        if let Err(limited) = limited {
             let reply = Reply::code(Code::from(limited));
             self.metrics.count(label, reply.code);
             return reply.write(out, req, now);

@@ -248,13 +248,14 @@ impl Worker {
         let done = self.clock.now();
         // A lane's Redis failed when its trip failed or Redis refused work
         // for reasons of its own (busy, loading); a bad key of one goods is
-        // that goods' problem, not the breaker's.
+        // that goods' problem, not the breaker's, and the sliding lock's
+        // contention is the sale's, not Redis'.
         for &(lane, _) in lanes.iter().filter(|(_, allowed)| *allowed) {
             let ok = task_lanes
                 .iter()
                 .zip(&results)
                 .filter(|(l, _)| **l == lane)
-                .all(|(_, r)| !matches!(r, Err(e) if !e.is_goods_specific()));
+                .all(|(_, r)| !matches!(r, Err(e) if e.is_redis_failure()));
             self.breaker.record(lane, ok, done);
         }
         self.metrics

@@ -4,6 +4,8 @@
 
 mod support;
 
+use seckill::config::Strategy;
+
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -58,11 +60,11 @@ fn redis_down_opens_the_breaker_and_sales_resume_when_it_is_back() {
     assert_eq!(redis.stock("e1", "g1"), Some(0));
 }
 
-#[test]
-fn hanging_redis_is_a_failure_not_a_stall() {
+fn hanging_redis_is_a_failure_not_a_stall(strategy: Strategy) {
     let redis = RedisServer::with_e1(&[("g1", 10)]);
     let mut c = config(&redis);
     c.redis.timeout_ms = 200;
+    c.deduct.strategy = strategy;
     let s = Seckill::start_ready(&c);
     let _: () = redis.cmd(&["CLIENT", "PAUSE", "3000", "WRITE"]);
     s.client()
@@ -76,6 +78,52 @@ fn hanging_redis_is_a_failure_not_a_stall() {
     assert_eq!(redis.hlen_buyers("e1", "g1"), 0);
     assert_eq!(redis.stock("e1", "g1"), Some(10));
 }
+
+/// Review of issue 11: the sliding lock ran a batch's attempts one after
+/// the other, each with a fresh timeout, so with Redis hanging a batch of
+/// n took n timeouts and answers came long past `request_timeout_ms`. A
+/// whole batch now takes one timeout, as the script's does: every attempt
+/// is answered 1002 well within the request timeout.
+fn hanging_redis_answers_every_queued_attempt_within_the_request_timeout(strategy: Strategy) {
+    let redis = RedisServer::with_e1(&[("g1", 20)]);
+    let mut c = config(&redis);
+    c.redis.timeout_ms = 300;
+    c.server.request_timeout_ms = 2500;
+    c.breaker.failures = 1000;
+    c.deduct.strategy = strategy;
+    let s = Seckill::start_ready(&c);
+    let _: () = redis.cmd(&["CLIENT", "PAUSE", "8000", "WRITE"]);
+    let addr = s.addr;
+    let buyers: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r = support::Client::connect(addr).buy(&format!("u{i}"), "e1", "g1");
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for b in buyers {
+        let (r, took) = b.join().expect("buyer");
+        r.assert(503, 1002, "redis error", "close");
+        slowest = slowest.max(took);
+    }
+    eprintln!("slowest of 12 attempts with Redis hanging: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "an attempt was answered after {slowest:?}, past request_timeout_ms"
+    );
+    let _: () = redis.cmd(&["CLIENT", "UNPAUSE"]);
+    let _: String = redis.cmd(&["PING"]);
+    assert_eq!(redis.hlen_buyers("e1", "g1"), 0);
+    assert_eq!(redis.stock("e1", "g1"), Some(20));
+}
+
+crate::with_each_strategy!(
+    hanging_redis_is_a_failure_not_a_stall,
+    hanging_redis_answers_every_queued_attempt_within_the_request_timeout
+);
 
 #[test]
 fn sold_out_on_one_node_is_sold_out_on_the_other_within_a_second() {

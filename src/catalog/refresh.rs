@@ -60,12 +60,15 @@ fn read(
         }
     }
     // One goods' key of the wrong type fails only its own reply. Its
-    // `stock` and `added` share a slot, so they come from one master.
+    // `added` and `stock` share a slot, so they come from one master;
+    // `added` first: a top-up between the two reads then shows as stock
+    // now and growth at the next read, never as growth cut back to the
+    // stock from before it.
     let mut pipe = redis::pipe();
     for def in &defs {
         for g in &def.goods {
             let k = GoodsKeys::new(&def.event_id, &g.goods_id);
-            pipe.cmd("GET").arg(&k.stock).cmd("GET").arg(&k.added);
+            pipe.cmd("GET").arg(&k.added).cmd("GET").arg(&k.stock);
         }
     }
     let replies = if pipe.is_empty() {
@@ -88,7 +91,7 @@ fn read(
         def.goods.retain(|g| {
             let k = GoodsKeys::new(&event_id, &g.goods_id);
             let id = (event_id.clone(), g.goods_id.clone());
-            let (left, added) = (replies.next(), replies.next());
+            let (added, left) = (replies.next(), replies.next());
             // Its master did not answer: not a bad key; as last known.
             if matches!(left, Some(Err(_))) || matches!(added, Some(Err(_))) {
                 let left = last.get(&id).copied().unwrap_or(0);

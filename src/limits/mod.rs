@@ -11,6 +11,9 @@
 //! balancer, so with `trust_forwarded_for = true` it is the last address
 //! of `X-Forwarded-For` (the one the balancer appended), when there is one
 //! that parses. Off by default: a client could otherwise pick its own key.
+//! An IPv6 client is keyed by its /64 (the block one subscriber gets), an
+//! IPv4-mapped address by its IPv4. The probes (`/healthz`, `/readyz`) are
+//! not limited: a balancer's checks come from its own address.
 //!
 //! Memory: one `Table` per limit for the whole node, split into `SHARDS`
 //! shards, each behind its own lock, `CAPACITY` slots in all, allocated at
@@ -147,8 +150,19 @@ impl Limiter {
             Some(header) if self.trust_forwarded_for => last_forwarded(header).unwrap_or(peer),
             _ => peer,
         };
-        let hash = self.hasher.hash_one(ip);
+        let hash = self.hasher.hash_one(client_key(ip));
         self.check(&self.ip, Limited::Ip, hash, now)
+    }
+}
+
+/// The key of a client address: an IPv4 address (also written as
+/// IPv4-mapped IPv6) is itself; an IPv6 address is its /64, the block one
+/// subscriber gets, so rotating addresses inside it buys no new burst.
+fn client_key(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        // Bit 40 set: never the low half (1) of an IPv6 key.
+        IpAddr::V4(v4) => (1 << 40) | u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64 << 64) | 1,
     }
 }
 
@@ -225,6 +239,18 @@ mod tests {
         assert_eq!(l.ip(balancer, Some(b"junk"), now), Ok(()));
         assert_eq!(l.ip(balancer, None, now), Ok(()));
         assert_eq!(l.ip(balancer, Some(b""), now), Err(Limited::Ip));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_is_the_ipv4() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        // No IPv6 /64 meets an IPv4 address.
+        assert_ne!(key("::"), key("0.0.0.0"));
+        assert_ne!(key("::"), key("0.0.0.1"));
     }
 
     #[test]

@@ -338,6 +338,18 @@ impl Redis {
         self.timeout
     }
 
+    /// Ends `watched`'s watch on the node it was sent to, when that
+    /// connection is still the one (a dropped connection took it along).
+    pub(crate) fn unwatch(&mut self, watched: Watched) {
+        if self.nodes[watched.node].conn.generation() != Some(watched.generation) {
+            return;
+        }
+        let addr = self.nodes[watched.node].addr.clone();
+        let cmd = redis::cmd("UNWATCH");
+        let deadline = self.deadline(None);
+        let _ = self.trip(&[(&cmd, Route::Node(addr.as_str()))], deadline, false);
+    }
+
     /// Whether this is a Redis Cluster.
     pub(crate) fn is_cluster(&self) -> bool {
         self.cluster.is_some()

@@ -84,6 +84,10 @@ pub enum DeductError {
     Script(RedisError),
     /// A reply of a shape the script never returns.
     Reply,
+    /// The sliding lock (`store::sliding`) kept starting over until the
+    /// batch's deadline: other nodes' sales fired its watch, or its
+    /// numbers were all held. Redis works: not a failure of Redis.
+    Contended,
 }
 
 impl DeductError {
@@ -96,8 +100,16 @@ impl DeductError {
                 e.code() == Some("WRONGTYPE") || e.detail().is_some_and(|d| d.contains("seckill:"))
             }
             DeductError::Reply => true,
-            DeductError::Unreachable(_) | DeductError::Unknown { .. } => false,
+            DeductError::Unreachable(_) | DeductError::Unknown { .. } | DeductError::Contended => {
+                false
+            }
         }
+    }
+
+    /// Whether this says Redis failed (the breaker counts it): not a bad
+    /// key of one goods, and not the sliding lock's contention.
+    pub fn is_redis_failure(&self) -> bool {
+        !self.is_goods_specific() && !matches!(self, DeductError::Contended)
     }
 }
 
@@ -168,12 +180,12 @@ impl Deducter {
     }
 
     /// The same deducter with `strategy`; `request_timeout` bounds an
-    /// attempt's life (a sliding lock lives twice that).
+    /// attempt's life, and so a sliding lock's.
     pub fn with_strategy(mut self, strategy: Strategy, request_timeout: Duration) -> Self {
         self.sliding = match strategy {
             Strategy::Lua => None,
             Strategy::SlidingLock => Some(SlidingLock {
-                lock_ttl: request_timeout.saturating_mul(2),
+                lock_ttl: request_timeout,
             }),
         };
         self
@@ -196,7 +208,11 @@ impl Deducter {
         until: Option<Instant>,
     ) -> Vec<Result<DeductOutcome, DeductError>> {
         if let Some(sliding) = self.sliding {
-            // One at a time, each to its end (see `store::sliding`).
+            // One at a time, each to its end (see `store::sliding`), the
+            // whole batch within one `redis.timeout_ms` as a script batch
+            // is: once a trip times out, the rest are not tried.
+            let batch = Instant::now() + self.conn.timeout();
+            let until = Some(until.map_or(batch, |u| u.min(batch)));
             return attempts
                 .iter()
                 .map(|a| sliding.deduct(&mut self.conn, a, ts_ms, until))

@@ -29,9 +29,11 @@
 //! - Anything that changed `stock`, `buyers` or `orders` between the watch
 //!   and `EXEC` (another sale, a top-up, a reset) makes `EXEC` do nothing:
 //!   the lock is released, the number given back, and the attempt starts
-//!   over (at most `TRIES` times, then 1002). The watch is what makes the
-//!   record safe: no oversell and one per user hold whatever the numbers
-//!   say, across any number of nodes.
+//!   over, until the batch's deadline (one `redis.timeout_ms` for the
+//!   whole batch, as for the script); then it is answered 1002
+//!   (`DeductError::Contended`, which the breaker does not count: Redis
+//!   works). The watch is what makes the record safe: no oversell and one
+//!   per user hold whatever the numbers say, across any number of nodes.
 //! - The numbers are a pre-filter, as in the course, and may drift: a node
 //!   killed between `INCR` and `EXEC`, or a trip that failed midway, leaves
 //!   its number counted. The drift is repaired where it shows: a number
@@ -40,7 +42,12 @@
 //!   sold and the attempt tries again — never a 1001 while units are left
 //!   (no undersell). Numbers handed out twice meanwhile meet at the lock
 //!   (step 2) or at the watch (step 3). A lock left by a dead attempt
-//!   expires (`PX`, twice `request_timeout_ms`).
+//!   expires (`PX` `request_timeout_ms`, by when its attempt is answered);
+//!   until then its number is skipped (kept counted, so the next try gets
+//!   the next number).
+//! - A watch that could not be followed by its `EXEC` (the time was up,
+//!   the slot moved) is ended with `UNWATCH` on its connection, so it
+//!   cannot abort a later transaction there.
 //! - A trip that fails after `EXEC` was sent leaves the outcome unknown,
 //!   as for the script: `DeductError::Unknown`, resolved by `HGET buyers`.
 //! - A wrong-type key or a stock that is not an integer is found by the
@@ -63,14 +70,11 @@ use crate::store::conn::TripError;
 use crate::store::deduct::{DeductError, DeductOutcome};
 use crate::store::keys::GoodsKeys;
 
-/// Starts over at most this often (a lock held, a watch fired) before the
-/// attempt is answered 1002.
-const TRIES: usize = 16;
-
 /// The strategy's state: how long a lock lives.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SlidingLock {
-    /// `PX` of every lock: twice `request_timeout_ms`, past any attempt.
+    /// `PX` of every lock: `request_timeout_ms`, the longest an attempt
+    /// lives, so a dead attempt's lock is gone when its answer is due.
     pub(crate) lock_ttl: Duration,
 }
 
@@ -114,11 +118,15 @@ fn stock_of(v: &Value, key: &str) -> Result<Option<i64>, DeductError> {
 }
 
 /// The order id for a sale at `ts_ms` in a stream whose last id is
-/// `last` (`ms-seq`): above it, as `XADD *` would choose.
-fn next_id(last: Option<(u64, u64)>, ts_ms: u64) -> String {
+/// `last` (`ms-seq`): above it, as `XADD *` would choose. None when the
+/// last id is the largest there is (XADD would refuse any).
+fn next_id(last: Option<(u64, u64)>, ts_ms: u64) -> Option<String> {
     match last {
-        Some((ms, seq)) if ms >= ts_ms => format!("{ms}-{}", seq + 1),
-        _ => format!("{ts_ms}-0"),
+        Some((ms, seq)) if ms >= ts_ms => match seq.checked_add(1) {
+            Some(seq) => Some(format!("{ms}-{seq}")),
+            None => ms.checked_add(1).map(|ms| format!("{ms}-0")),
+        },
+        _ => Some(format!("{ts_ms}-0")),
     }
 }
 
@@ -144,7 +152,9 @@ fn last_id(v: &Value) -> Option<(u64, u64)> {
 }
 
 impl SlidingLock {
-    /// One attempt, to the end: a sale, a refusal, or why not.
+    /// One attempt, to the end: a sale, a refusal, or why not. It starts
+    /// over until `until` (the batch's deadline): then `Contended` when it
+    /// did reach Redis, `Unreachable` when there was no time left to try.
     pub(crate) fn deduct(
         &self,
         redis: &mut Redis,
@@ -153,13 +163,25 @@ impl SlidingLock {
         until: Option<Instant>,
     ) -> Result<DeductOutcome, DeductError> {
         let k = GoodsKeys::new(&a.event_id, &a.goods_id);
-        for _ in 0..TRIES {
+        let mut tried = false;
+        loop {
             if until.is_some_and(|u| Instant::now() >= u) {
-                break;
+                return Err(if tried {
+                    DeductError::Contended
+                } else {
+                    DeductError::Unreachable(RedisError::from((
+                        ErrorKind::Io,
+                        "sliding-lock: the batch's time was up",
+                    )))
+                });
             }
-            let num = self.take_number(redis, &k, &a.uid, until)?;
+            tried = true;
+            let Some(num) = self.take_number(redis, &k, &a.uid, until)? else {
+                continue; // a stray watch aborted the EXEC: again
+            };
             let Some(stock) = num.stock else {
-                give_back(redis, &k, None);
+                // No such goods (deleted, say): the count goes too.
+                let _ = redis.query_at::<()>(k.stock.as_bytes(), redis::cmd("DEL").arg(&k.used));
                 return Ok(DeductOutcome::NotFound);
             };
             if num.bought {
@@ -186,25 +208,21 @@ impl SlidingLock {
                 );
                 continue;
             }
-            match self.record(redis, &k, a, num.n, ts_ms, until)? {
-                Some(outcome) => return Ok(outcome),
-                None => continue,
+            if let Some(outcome) = self.record(redis, &k, a, num.n, ts_ms, until)? {
+                return Ok(outcome);
             }
         }
-        Err(DeductError::Unreachable(RedisError::from((
-            ErrorKind::Io,
-            "sliding-lock: too many tries",
-        ))))
     }
 
-    /// Step 1: a number, with what it is checked against.
+    /// Step 1: a number, with what it is checked against. None: the
+    /// `EXEC` did nothing (a watch left on the connection fired).
     fn take_number(
         &self,
         redis: &mut Redis,
         k: &GoodsKeys,
         uid: &str,
         until: Option<Instant>,
-    ) -> Result<Number, DeductError> {
+    ) -> Result<Option<Number>, DeductError> {
         let mut pipe = redis::pipe();
         pipe.cmd("MULTI")
             .cmd("HEXISTS")
@@ -224,8 +242,8 @@ impl SlidingLock {
             .map_err(|e| DeductError::Unreachable(e.into()))?;
         let exec = match replies.last() {
             Some(Ok(Value::Array(items))) if items.len() == 4 => items.clone(),
-            Some(Ok(Value::Nil)) | None => return Err(bad_reply("EXEC")),
-            Some(Ok(_)) => return Err(bad_reply("EXEC")),
+            Some(Ok(Value::Nil)) => return Ok(None),
+            Some(Ok(_)) | None => return Err(bad_reply("EXEC")),
             Some(Err(e)) => return Err(DeductError::Script(e.clone())),
         };
         // A wrong-type key fails its own command inside EXEC.
@@ -234,12 +252,12 @@ impl SlidingLock {
                 return Err(DeductError::Script(RedisError::from(e.clone())));
             }
         }
-        Ok(Number {
+        Ok(Some(Number {
             bought: int(&exec[0]).ok_or_else(|| bad_reply("HEXISTS"))? == 1,
             stock: stock_of(&exec[1], &k.stock)?,
             sold: int(&exec[2]).ok_or_else(|| bad_reply("HLEN"))?,
             n: int(&exec[3]).ok_or_else(|| bad_reply("INCR used"))?,
-        })
+        }))
     }
 
     /// Steps 2 and 3: the lock and the watch, then the record. None: start
@@ -284,7 +302,7 @@ impl SlidingLock {
             return Err(bad_reply("WATCH replies"));
         };
         let unwatch = |redis: &mut Redis, lock: Option<&str>| {
-            let _ = redis.query_at::<()>(k.stock.as_bytes(), &redis::cmd("UNWATCH"));
+            redis.unwatch(watch);
             give_back(redis, k, lock);
         };
         match locked {
@@ -293,7 +311,7 @@ impl SlidingLock {
             // number stays counted, so the next try gets the one after it
             // rather than this one again; any drift is repaired above.
             Ok(Value::Nil) => {
-                let _ = redis.query_at::<()>(k.stock.as_bytes(), &redis::cmd("UNWATCH"));
+                redis.unwatch(watch);
                 return Ok(None);
             }
             Ok(_) => {
@@ -307,7 +325,12 @@ impl SlidingLock {
         }
         let (stock, bought, last) = match under_watch(stock, bought, info, &k.stock) {
             Ok(c) => (c.stock, c.bought, c.last),
-            Err(e) => {
+            // The goods is gone since step 1 (a DELETE).
+            Err(None) => {
+                unwatch(redis, Some(&lock));
+                return Ok(Some(DeductOutcome::NotFound));
+            }
+            Err(Some(e)) => {
                 unwatch(redis, Some(&lock));
                 return Err(e);
             }
@@ -320,7 +343,10 @@ impl SlidingLock {
             unwatch(redis, Some(&lock));
             return Ok(Some(DeductOutcome::NoStock));
         }
-        let id = next_id(last, ts_ms);
+        let Some(id) = next_id(last, ts_ms) else {
+            unwatch(redis, Some(&lock));
+            return Err(bad_reply("the stream's last id is the largest there is"));
+        };
         let mut tx = redis::pipe();
         tx.cmd("MULTI")
             .cmd("DECR")
@@ -358,11 +384,23 @@ impl SlidingLock {
                     })),
                     None => Err(DeductError::Reply),
                 },
-                Some(Err(e)) => Err(DeductError::Script(e.clone())),
+                // EXECABORT: refused while queueing (out of memory, say):
+                // nothing ran.
+                Some(Err(e)) if e.code() == Some("EXECABORT") => {
+                    give_back(redis, k, Some(&lock));
+                    Err(DeductError::Script(e.clone()))
+                }
+                // A command failed inside EXEC, and the others ran (a
+                // transaction does not roll back): ask `buyers`, as for a
+                // lost reply. Not expected: every key was checked under
+                // the watch.
+                Some(Err(_)) => Err(DeductError::Unknown { node }),
                 _ => Err(DeductError::Reply),
             },
-            // The watch's connection is gone: nothing was sent.
+            // Nothing was sent (the slot moved, the time was up, or the
+            // watch's connection is gone): end the watch where it was.
             Err(TripError::NotSent(_)) => {
+                redis.unwatch(watch);
                 give_back(redis, k, Some(&lock));
                 Ok(None)
             }
@@ -381,25 +419,26 @@ struct UnderWatch {
     last: Option<(u64, u64)>,
 }
 
+/// Err(None): the stock key is gone (the goods was deleted).
 fn under_watch(
     stock: &redis::RedisResult<Value>,
     bought: &redis::RedisResult<Value>,
     info: &redis::RedisResult<Value>,
     stock_key: &str,
-) -> Result<UnderWatch, DeductError> {
+) -> Result<UnderWatch, Option<DeductError>> {
     let stock = match stock {
-        Ok(v) => stock_of(v, stock_key)?.unwrap_or(0),
-        Err(e) => return Err(DeductError::Script(e.clone())),
+        Ok(v) => stock_of(v, stock_key)?.ok_or(None)?,
+        Err(e) => return Err(Some(DeductError::Script(e.clone()))),
     };
     let bought = match bought {
         Ok(v) => int(v).ok_or_else(|| bad_reply("HEXISTS"))? == 1,
-        Err(e) => return Err(DeductError::Script(e.clone())),
+        Err(e) => return Err(Some(DeductError::Script(e.clone()))),
     };
     let last = match info {
         Ok(v) => Some(last_id(v).ok_or_else(|| bad_reply("XINFO STREAM"))?),
         // No stream yet: any id above 0-0.
         Err(e) if e.detail().is_some_and(|d| d.contains("no such key")) => None,
-        Err(e) => return Err(DeductError::Script(e.clone())),
+        Err(e) => return Err(Some(DeductError::Script(e.clone()))),
     };
     Ok(UnderWatch {
         stock,
@@ -428,10 +467,15 @@ mod tests {
 
     #[test]
     fn order_ids_go_above_the_last_one() {
-        assert_eq!(next_id(None, 1000), "1000-0");
-        assert_eq!(next_id(Some((999, 4)), 1000), "1000-0");
-        assert_eq!(next_id(Some((1000, 4)), 1000), "1000-5");
-        assert_eq!(next_id(Some((2000, 0)), 1000), "2000-1");
+        assert_eq!(next_id(None, 1000).as_deref(), Some("1000-0"));
+        assert_eq!(next_id(Some((999, 4)), 1000).as_deref(), Some("1000-0"));
+        assert_eq!(next_id(Some((1000, 4)), 1000).as_deref(), Some("1000-5"));
+        assert_eq!(next_id(Some((2000, 0)), 1000).as_deref(), Some("2000-1"));
+        assert_eq!(
+            next_id(Some((2000, u64::MAX)), 1000).as_deref(),
+            Some("2001-0")
+        );
+        assert_eq!(next_id(Some((u64::MAX, u64::MAX)), 1000), None);
     }
 
     #[test]
