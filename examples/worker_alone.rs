@@ -55,6 +55,9 @@ struct Args {
     /// `lua` or `sliding-lock` (SPEC §3.1).
     #[arg(long, default_value = "lua")]
     strategy: String,
+    /// Uid prefix: several of these against one goods need their own.
+    #[arg(long, default_value = "w")]
+    prefix: String,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tasks,
         rounds,
         strategy,
+        prefix,
     } = clap::Parser::parse();
     let strategy = match strategy.as_str() {
         "lua" => Strategy::Lua,
@@ -99,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             clients.push(TcpStream::connect(addr)?);
             let (server_side, _) = listener.accept()?;
             server_side.set_nonblocking(true)?;
-            let uid = format!("w{round}x{i}");
+            let uid = format!("{prefix}{round}x{i}");
             let g = &goods[i % goods.len()];
             let Ok(lease) = stock.try_take("e1", g, &uid) else {
                 return Err("no lease: the memory share ran out".into());
