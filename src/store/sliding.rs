@@ -185,11 +185,11 @@ impl SlidingLock {
                 return Ok(DeductOutcome::NotFound);
             };
             if num.bought {
-                give_back(redis, &k, None);
+                give_back(redis, &k, None, until);
                 return Ok(DeductOutcome::AlreadyPurchased);
             }
             if stock <= 0 {
-                give_back(redis, &k, None);
+                give_back(redis, &k, None, until);
                 return Ok(DeductOutcome::NoStock);
             }
             if num.n > stock + num.sold {
@@ -293,17 +293,17 @@ impl SlidingLock {
             // Nothing recorded: at worst a lock that expires and a count
             // that drifts, both repaired.
             Err(e) => {
-                give_back(redis, k, Some(&lock));
+                give_back(redis, k, Some(&lock), until);
                 return Err(DeductError::Unreachable(e.into()));
             }
         };
         let [locked, stock, bought, info] = &replies[..] else {
-            give_back(redis, k, Some(&lock));
+            give_back(redis, k, Some(&lock), until);
             return Err(bad_reply("WATCH replies"));
         };
         let unwatch = |redis: &mut Redis, lock: Option<&str>| {
             redis.unwatch(watch);
-            give_back(redis, k, lock);
+            give_back(redis, k, lock, until);
         };
         match locked {
             Ok(Value::Okay) => {}
@@ -374,7 +374,7 @@ impl SlidingLock {
             Ok(replies) => match replies.last() {
                 // The watch fired: nothing was recorded. Start over.
                 Some(Ok(Value::Nil)) => {
-                    give_back(redis, k, Some(&lock));
+                    give_back(redis, k, Some(&lock), until);
                     Ok(None)
                 }
                 Some(Ok(Value::Array(items))) => match items.first().and_then(int) {
@@ -387,7 +387,7 @@ impl SlidingLock {
                 // EXECABORT: refused while queueing (out of memory, say):
                 // nothing ran.
                 Some(Err(e)) if e.code() == Some("EXECABORT") => {
-                    give_back(redis, k, Some(&lock));
+                    give_back(redis, k, Some(&lock), until);
                     Err(DeductError::Script(e.clone()))
                 }
                 // A command failed inside EXEC, and the others ran (a
@@ -401,7 +401,7 @@ impl SlidingLock {
             // watch's connection is gone): end the watch where it was.
             Err(TripError::NotSent(_)) => {
                 redis.unwatch(watch);
-                give_back(redis, k, Some(&lock));
+                give_back(redis, k, Some(&lock), until);
                 Ok(None)
             }
             // EXEC may have run: ask `buyers` (the resolver), as for the
@@ -447,16 +447,18 @@ fn under_watch(
     })
 }
 
-/// Best effort: the number back (`DECR used`) and `lock` released. A
-/// failure here only leaves a drift the next attempts repair, or a lock
-/// that expires.
-fn give_back(redis: &mut Redis, k: &GoodsKeys, lock: Option<&str>) {
+/// Best effort, by `until`: the number back (`DECR used`) and `lock`
+/// released. A failure here only leaves a drift the next attempts repair,
+/// or a lock that expires.
+fn give_back(redis: &mut Redis, k: &GoodsKeys, lock: Option<&str>, until: Option<Instant>) {
     let mut pipe = redis::pipe();
     pipe.cmd("DECR").arg(&k.used);
     if let Some(lock) = lock {
         pipe.cmd("DEL").arg(lock);
     }
-    if let Err(e) = redis.round_trip_at(k.stock.as_bytes(), &pipe, None) {
+    // Within the batch's deadline too: with Redis hanging, the give-back
+    // is the drift the next attempts repair, not a second timeout.
+    if let Err(e) = redis.round_trip_at(k.stock.as_bytes(), &pipe, until) {
         log::debug!("sliding-lock: giving back {}: {e:?}", k.used);
     }
 }
