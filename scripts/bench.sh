@@ -12,7 +12,9 @@
 #   via-lb       the same sell-out through haproxy (deploy/haproxy.cfg) to
 #                three nodes (one event loop each, stock.nodes 3) on the same
 #                Redis, rounds interleaved with the direct ones: on two cores
-#                this is the cost of the hop, not scaling
+#                this is the cost of the hop, not scaling; and through three
+#                more nodes deducting with the sliding lock (their watches
+#                contend: one goods, three workers)
 #   worker       the worker alone, queue kept full (examples/worker_alone),
 #                vs redis-benchmark -P 16 running the same Lua script; with
 #                each deduct strategy, against the same baseline
@@ -93,7 +95,7 @@ STOCK=10000
 goods='{"goods_id":"g0","stock":0}'
 rcli set 'seckill:{e1:g0}:stock' 0 >/dev/null
 for r in $(seq "$ROUNDS"); do
-  for g in sell$r lb$r sl$r; do
+  for g in sell$r lb$r sl$r lbsl$r; do
     rcli set "seckill:{e1:$g}:stock" "$STOCK" >/dev/null
     goods+=",{\"goods_id\":\"$g\",\"stock\":$STOCK}"
   done
@@ -202,27 +204,35 @@ for mode in keep close; do
   done
 done
 
-# ---- three nodes behind haproxy, for the sell-out through the balancer ----
-LB_NODES=()
-for i in 1 2 3; do
-  port=$(free_port)
-  node_config "$port" 1 3 >"$RUN/node$i.toml"
-  RUST_LOG=warn "$BIN" serve --config "$RUN/node$i.toml" >"$RUN/node$i.out" 2>"$RUN/node$i.log" &
-  PIDS+=($!)
-  wait_http "http://127.0.0.1:$port" "$RUN/node$i.log"
-  LB_NODES+=("127.0.0.1:$port")
-done
-LBPORT=$(free_port)
-haproxy_config "$LBPORT" "${LB_NODES[@]}" >"$RUN/haproxy.cfg"
-haproxy -db -f "$RUN/haproxy.cfg" >/dev/null 2>"$RUN/haproxy.log" &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$LBPORT" "$RUN/haproxy.log"
-for node in "${LB_NODES[@]}"; do # each node has read the catalog
-  for _ in $(seq 100); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$node/event/info?event_id=e1") == 200 ]] && break
-    sleep 0.05
+# ---- three nodes behind haproxy, for the sell-out through the balancer;
+# ---- and three more deducting with the sliding lock, behind their own ----
+lb_start() { # name strategy -> prints the balancer's port
+  local nodes=() i port lb
+  for i in 1 2 3; do
+    port=$(free_port)
+    { node_config "$port" 1 3; printf '[deduct]\nstrategy = "%s"\n' "$2"; } >"$RUN/$1-node$i.toml"
+    RUST_LOG=warn "$BIN" serve --config "$RUN/$1-node$i.toml" >"$RUN/$1-node$i.out" 2>"$RUN/$1-node$i.log" &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$port" "$RUN/$1-node$i.log"
+    nodes+=("127.0.0.1:$port")
   done
-done
+  lb=$(free_port)
+  haproxy_config "$lb" "${nodes[@]}" >"$RUN/$1-haproxy.cfg"
+  haproxy -db -f "$RUN/$1-haproxy.cfg" >/dev/null 2>"$RUN/$1-haproxy.log" &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$lb" "$RUN/$1-haproxy.log"
+  for node in "${nodes[@]}"; do # each node has read the catalog
+    for _ in $(seq 100); do
+      [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$node/event/info?event_id=e1") == 200 ]] && break
+      sleep 0.05
+    done
+  done
+  LB_STARTED=$lb
+}
+lb_start lua lua
+LBPORT=$LB_STARTED
+lb_start sliding sliding-lock
+LBSLPORT=$LB_STARTED
 
 # ---- sell-out: one node directly, and three through haproxy, interleaved ----
 declare -A SO_RPS SO_P99
@@ -248,13 +258,14 @@ RUST_LOG=warn "$BIN" serve --config "$RUN/sliding.toml" >"$RUN/sliding.out" 2>"$
 PIDS+=($!)
 wait_http "http://127.0.0.1:$SLPORT" "$RUN/sliding.log"
 for r in $(seq "$ROUNDS"); do
-  runs=(direct lb sliding)
-  ((r % 2)) || runs=(sliding lb direct)
+  runs=(direct lb sliding lbsl)
+  ((r % 2)) || runs=(lbsl sliding lb direct)
   for what in "${runs[@]}"; do
     case $what in
       direct) sellout direct "http://127.0.0.1:$SPORT" "sell$r" "$r" ;;
       lb) sellout lb "http://127.0.0.1:$LBPORT" "lb$r" "$r" ;;
       sliding) sellout sliding "http://127.0.0.1:$SLPORT" "sl$r" "$r" ;;
+      lbsl) sellout lbsl "http://127.0.0.1:$LBSLPORT" "lbsl$r" "$r" ;;
     esac
   done
 done
@@ -398,6 +409,10 @@ printf '%-10s %-13s %14.0f %14.0f %8s %10s ms   (the same, vs lua req/s)\n' \
   sell-out sliding-lock "$sl" "$so" "$(ratio "$sl" "$so")" "$slp"
 printf '%-10s %-13s %14.0f %14.0f %8s %10s ms   (the same through haproxy to 3 nodes, vs direct req/s)\n' \
   via-lb lua "$lb" "$so" "$(ratio "$lb" "$so")" "$lbp"
+lbsl=$(tr ' ' '\n' <<<"${SO_RPS[lbsl]}" | grep . | median)
+lbslp=$(tr ' ' '\n' <<<"${SO_P99[lbsl]}" | grep . | median)
+printf '%-10s %-13s %14.0f %14.0f %8s %10s ms   (the same with the sliding lock on the 3 nodes, vs lua through haproxy)\n' \
+  via-lb sliding-lock "$lbsl" "$lb" "$(ratio "$lbsl" "$lb")" "$lbslp"
 printf '%-10s %-13s %14s %14s %8s   (deducts/s vs redis-benchmark -P 16, same script)\n' \
   worker lua "$W_RATE" "$RB" "$(ratio "$W_RATE" "$RB")"
 printf '%-10s %-13s %14s %14s %8s   (deducts/s vs the same redis-benchmark)\n' \
