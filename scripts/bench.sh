@@ -86,11 +86,9 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) pri
 
 # ---- Redis with the event: g0 sold out, a sell-out goods per round, worker goods ----
 RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN" \
-  --logfile "$RUN/redis.log" --daemonize no >/dev/null &
-PIDS+=($!)
+redis_private_start "$RUN" "$RPORT"
+PIDS+=("$REDIS_PID")
 rcli() { redis-cli -h 127.0.0.1 -p "$RPORT" "$@"; }
-for _ in $(seq 100); do [[ $(rcli ping 2>/dev/null || true) == PONG ]] && break; sleep 0.05; done
 STOCK=10000
 goods='{"goods_id":"g0","stock":0}'
 rcli set 'seckill:{e1:g0}:stock' 0 >/dev/null

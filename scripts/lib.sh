@@ -86,6 +86,16 @@ haproxy_config() {
     END { printf "%s", servers }' deploy/haproxy.cfg
 }
 
+# redis_private_start DIR PORT: a throwaway redis-server (no persistence)
+# on 127.0.0.1:PORT with its log in DIR, in the background; waits until it
+# answers and leaves its PID in REDIS_PID for the caller to stop.
+redis_private_start() {
+  redis-server --port "$2" --bind 127.0.0.1 --save "" --appendonly no --dir "$1" \
+    --logfile "$1/redis.log" </dev/null >/dev/null 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 100); do [[ $(redis-cli -p "$2" ping 2>/dev/null || true) == PONG ]] && break; sleep 0.05; done
+}
+
 # redis_cluster_start DIR AOF(yes|no): three Redis Cluster masters, no
 # replicas, on free loopback ports (each with its cluster bus port, +10000,
 # free too), with their data and logs in DIR/redis1..3; joined with

@@ -36,10 +36,8 @@ stop() {
 trap stop EXIT
 
 RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN" \
-  --logfile "$RUN/redis.log" </dev/null >/dev/null 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [[ $(redis-cli -p "$RPORT" ping 2>/dev/null || true) == PONG ]] && break; sleep 0.05; done
+redis_private_start "$RUN" "$RPORT"
+PIDS+=("$REDIS_PID")
 redis-cli -p "$RPORT" set 'seckill:{e1:g1}:stock' "$STOCK" >/dev/null
 printf '{"event_id":"e1","name":"report","start_at":0,"end_at":4102444800,"goods":[{"goods_id":"g1","name":"g","price_cents":100,"stock":%s}]}' "$STOCK" |
   redis-cli -p "$RPORT" -x hset seckill:events e1 >/dev/null

@@ -10,18 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{check, config, RedisServer, Seckill};
+use support::{check, config, one_of_three, RedisServer, Seckill};
 
 const STOCK: i64 = 30;
 const ADDED: i64 = 50;
-
-/// One of three nodes, shares exact: ceil(30 × 1.0 / 3) = 10 each.
-fn node(redis: &RedisServer) -> Seckill {
-    let mut c = config(redis);
-    c.stock.nodes = 3;
-    c.stock.factor = 1.0;
-    Seckill::start_ready(&c)
-}
 
 /// Reads `stock`, `HLEN buyers` and `added` of e1/g1 in one transaction
 /// until stopped, failing at the first instant the books show an oversell:
@@ -71,7 +63,11 @@ fn count(codes: &[i64], code: i64) -> usize {
 #[test]
 fn a_top_up_after_a_sell_out_sells_exactly_the_units_added_on_every_node() {
     let redis = RedisServer::with_e1(&[("g1", STOCK)]);
-    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    let (a, b, c) = (
+        one_of_three(&redis),
+        one_of_three(&redis),
+        one_of_three(&redis),
+    );
     let nodes = [&a, &b, &c];
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_books(&redis, stop.clone());

@@ -9,17 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{config, eventually, RedisServer, Seckill};
+use support::{eventually, one_of_three, RedisServer, Seckill};
 
 const STOCK: i64 = 9;
-
-/// One of three nodes, shares exact: ceil(9 × 1.0 / 3) = 3 each.
-fn node(redis: &RedisServer) -> Seckill {
-    let mut c = config(redis);
-    c.stock.nodes = 3;
-    c.stock.factor = 1.0;
-    Seckill::start_ready(&c)
-}
 
 /// Sends fresh users to `nodes[route(i)]`, one attempt at a time, until
 /// Redis has no stock left; returns the wins. Every answer is a win or
@@ -54,7 +46,11 @@ fn assert_sold_exactly(redis: &RedisServer, wins: i64) {
 #[test]
 fn skewed_traffic_sells_the_whole_stock() {
     let redis = RedisServer::with_e1(&[("g1", STOCK)]);
-    let (a, b, _c) = (node(&redis), node(&redis), node(&redis));
+    let (a, b, _c) = (
+        one_of_three(&redis),
+        one_of_three(&redis),
+        one_of_three(&redis),
+    );
     // 9 of every 10 attempts to a, one to b, none to c: without the refill
     // c's three units would never sell.
     let wins = buy_until_sold_out(&redis, &[&a, &b], |i| usize::from(i % 10 == 0));
@@ -73,7 +69,11 @@ fn skewed_traffic_sells_the_whole_stock() {
 #[test]
 fn a_node_killed_with_its_share_in_hand_strands_nothing() {
     let redis = RedisServer::with_e1(&[("g1", STOCK)]);
-    let (a, b, doomed) = (node(&redis), node(&redis), node(&redis));
+    let (a, b, doomed) = (
+        one_of_three(&redis),
+        one_of_three(&redis),
+        one_of_three(&redis),
+    );
     // The doomed node sells one of its three units, then dies (SIGKILL)
     // holding the other two.
     let r = doomed.client().buy("first", "e1", "g1");

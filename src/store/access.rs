@@ -477,25 +477,9 @@ impl Redis {
     /// `WATCH` of every key in `keys`, which must share one slot on a
     /// cluster (a transaction's keys do), sent to the master serving it.
     pub(crate) fn watch(&mut self, keys: &[&[u8]]) -> RedisResult<Watched> {
-        let Some(first) = keys.first() else {
-            return Err(RedisError::from((ErrorKind::Client, "WATCH of no key")));
-        };
-        let mut cmd = redis::cmd("WATCH");
-        for k in keys {
-            cmd.arg(*k);
-        }
-        let deadline = self.deadline(None);
-        let node = self.node_for(&cmd, Route::Key(first), deadline)?;
-        let reply = self
-            .trip(&[(&cmd, Route::Key(first))], deadline, false)
-            .pop()
-            .unwrap_or_else(|| Err(TripError::NotSent(timed_out())));
-        reply.map_err(RedisError::from)??;
-        let generation = self.nodes[node]
-            .conn
-            .generation()
-            .ok_or_else(|| RedisError::from((ErrorKind::Io, "WATCH connection lost")))?;
-        Ok(Watched { node, generation })
+        self.watch_and(keys, &redis::pipe(), None)
+            .map(|(watched, _)| watched)
+            .map_err(RedisError::from)
     }
 
     /// As `watch`, with `then` sent right behind the `WATCH` on the same

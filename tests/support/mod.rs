@@ -304,6 +304,14 @@ fn base_config() -> Config {
     c
 }
 
+/// One of three nodes sharing `redis`, shares exact (`factor` 1.0 is the
+/// test default): `ceil(stock / 3)` each.
+pub fn one_of_three(redis: &RedisServer) -> Seckill {
+    let mut c = config(redis);
+    c.stock.nodes = 3;
+    Seckill::start_ready(&c)
+}
+
 /// The `[queue.shop]` section of `c`.
 pub fn shop(c: &mut Config) -> &mut QueueConfig {
     c.queue.entry(SHOP_QUEUE.to_string()).or_default()
